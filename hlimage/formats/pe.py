@@ -1,0 +1,621 @@
+"""PE/COFF images: parse the headers of any EFI image, and write a new image that adds sections.
+
+Only headers are read into memory; section data is copied from the input in chunks. Nothing
+here knows about Xen: which sections to add, at what alignment and what limits apply is the
+caller's business (`hlimage/xen/`).
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, replace
+from typing import BinaryIO
+
+import construct as c
+
+from hlimage.errors import FormatError
+from hlimage.streams import ChecksumAccumulator, Payload, StreamResult, copy_range, copy_stream
+
+MACHINE_AMD64 = 0x8664
+MACHINE_ARM64 = 0xAA64
+MACHINE_I386 = 0x14C
+MACHINE_NAMES = {MACHINE_AMD64: "x86_64", MACHINE_ARM64: "arm64", MACHINE_I386: "i386"}
+
+PE32_MAGIC = 0x10B
+PE32PLUS_MAGIC = 0x20B
+
+DIRECTORY_SECURITY = 4
+DIRECTORY_BASERELOC = 5
+DIRECTORY_DEBUG = 6
+
+SCN_CNT_CODE = 0x00000020
+SCN_CNT_INITIALIZED_DATA = 0x00000040
+SCN_CNT_UNINITIALIZED_DATA = 0x00000080
+SCN_MEM_DISCARDABLE = 0x02000000
+SCN_MEM_EXECUTE = 0x20000000
+SCN_MEM_READ = 0x40000000
+SCN_MEM_WRITE = 0x80000000
+READONLY_DATA = SCN_CNT_INITIALIZED_DATA | SCN_MEM_READ
+
+# The optional header's field offsets that the writer patches (same in PE32 and PE32+).
+CHECKSUM_OFFSET_IN_OPTIONAL = 64
+SECURITY_DIRECTORY_OFFSET = {PE32_MAGIC: 96 + 8 * 4, PE32PLUS_MAGIC: 112 + 8 * 4}
+
+DosHeader = c.Struct(
+    "e_magic" / c.Const(b"MZ"),
+    "e_fields" / c.Bytes(0x3A),
+    "e_lfanew" / c.Int32ul,
+)
+
+CoffHeader = c.Struct(
+    "Machine" / c.Int16ul,
+    "NumberOfSections" / c.Int16ul,
+    "TimeDateStamp" / c.Int32ul,
+    "PointerToSymbolTable" / c.Int32ul,
+    "NumberOfSymbols" / c.Int32ul,
+    "SizeOfOptionalHeader" / c.Int16ul,
+    "Characteristics" / c.Int16ul,
+)
+
+DataDirectory = c.Struct("VirtualAddress" / c.Int32ul, "Size" / c.Int32ul)
+
+# One struct for PE32 and PE32+: the fields that change width switch on the magic.
+_Word = c.IfThenElse(c.this.Magic == PE32PLUS_MAGIC, c.Int64ul, c.Int32ul)
+OptionalHeader = c.Struct(
+    "Magic" / c.OneOf(c.Int16ul, [PE32_MAGIC, PE32PLUS_MAGIC]),
+    "MajorLinkerVersion" / c.Int8ul,
+    "MinorLinkerVersion" / c.Int8ul,
+    "SizeOfCode" / c.Int32ul,
+    "SizeOfInitializedData" / c.Int32ul,
+    "SizeOfUninitializedData" / c.Int32ul,
+    "AddressOfEntryPoint" / c.Int32ul,
+    "BaseOfCode" / c.Int32ul,
+    "BaseOfData" / c.If(c.this.Magic == PE32_MAGIC, c.Int32ul),
+    "ImageBase" / _Word,
+    "SectionAlignment" / c.Int32ul,
+    "FileAlignment" / c.Int32ul,
+    "MajorOperatingSystemVersion" / c.Int16ul,
+    "MinorOperatingSystemVersion" / c.Int16ul,
+    "MajorImageVersion" / c.Int16ul,
+    "MinorImageVersion" / c.Int16ul,
+    "MajorSubsystemVersion" / c.Int16ul,
+    "MinorSubsystemVersion" / c.Int16ul,
+    "Win32VersionValue" / c.Int32ul,
+    "SizeOfImage" / c.Int32ul,
+    "SizeOfHeaders" / c.Int32ul,
+    "CheckSum" / c.Int32ul,
+    "Subsystem" / c.Int16ul,
+    "DllCharacteristics" / c.Int16ul,
+    "SizeOfStackReserve" / _Word,
+    "SizeOfStackCommit" / _Word,
+    "SizeOfHeapReserve" / _Word,
+    "SizeOfHeapCommit" / _Word,
+    "LoaderFlags" / c.Int32ul,
+    "NumberOfRvaAndSizes" / c.Int32ul,
+    "DataDirectories" / c.Array(c.this.NumberOfRvaAndSizes, DataDirectory),
+)
+
+SectionHeader = c.Struct(
+    "Name" / c.Bytes(8),
+    "VirtualSize" / c.Int32ul,
+    "VirtualAddress" / c.Int32ul,
+    "SizeOfRawData" / c.Int32ul,
+    "PointerToRawData" / c.Int32ul,
+    "PointerToRelocations" / c.Int32ul,
+    "PointerToLinenumbers" / c.Int32ul,
+    "NumberOfRelocations" / c.Int16ul,
+    "NumberOfLinenumbers" / c.Int16ul,
+    "Characteristics" / c.Int32ul,
+)
+SECTION_HEADER_SIZE = SectionHeader.sizeof()
+
+DebugDirectoryEntry = c.Struct(
+    "Characteristics" / c.Int32ul,
+    "TimeDateStamp" / c.Int32ul,
+    "MajorVersion" / c.Int16ul,
+    "MinorVersion" / c.Int16ul,
+    "Type" / c.Int32ul,
+    "SizeOfData" / c.Int32ul,
+    "AddressOfRawData" / c.Int32ul,
+    "PointerToRawData" / c.Int32ul,
+)
+DEBUG_ENTRY_SIZE = DebugDirectoryEntry.sizeof()
+DEBUG_POINTER_OFFSET = 24
+
+WinCertificateHeader = c.Struct(
+    "dwLength" / c.Int32ul,
+    "wRevision" / c.Int16ul,
+    "wCertificateType" / c.Int16ul,
+)
+
+# Generous: real images have tens of sections, and a parser fed junk must not allocate for 65535.
+MAX_SECTIONS = 96
+MAX_HEADER_BYTES = 1 << 20
+
+
+def align_up(value: int, alignment: int) -> int:
+    if alignment <= 1:
+        return value
+    return (value + alignment - 1) // alignment * alignment
+
+
+@dataclass(frozen=True)
+class Section:
+    name: str
+    """Decoded name; long COFF names (/nnn) are resolved through the string table."""
+    header: c.Container
+
+    @property
+    def virtual_address(self) -> int:
+        return int(self.header.VirtualAddress)
+
+    @property
+    def virtual_size(self) -> int:
+        return int(self.header.VirtualSize)
+
+    @property
+    def raw_offset(self) -> int:
+        return int(self.header.PointerToRawData)
+
+    @property
+    def raw_size(self) -> int:
+        return int(self.header.SizeOfRawData)
+
+    @property
+    def characteristics(self) -> int:
+        return int(self.header.Characteristics)
+
+    @property
+    def virtual_end(self) -> int:
+        return self.virtual_address + max(self.virtual_size, self.raw_size)
+
+    @property
+    def loaded_size(self) -> int:
+        """What a loader maps: VirtualSize, or the raw size where a linker left it zero."""
+        return self.virtual_size or self.raw_size
+
+    @property
+    def data_size(self) -> int:
+        """The meaningful bytes in the file: the payload without the FileAlignment padding."""
+        if self.virtual_size:
+            return min(self.virtual_size, self.raw_size)
+        return self.raw_size
+
+    @property
+    def is_debug(self) -> bool:
+        return self.name.startswith((".debug_", ".zdebug_"))
+
+
+@dataclass(frozen=True)
+class PeImage:
+    """The headers of a PE image; section contents stay in the file."""
+
+    dos: bytes
+    """Everything before the PE signature (DOS header and stub), kept verbatim."""
+    coff: c.Container
+    optional: c.Container
+    optional_tail: bytes
+    """Bytes of the optional header after the data directories (normally none)."""
+    sections: tuple[Section, ...]
+    file_size: int
+    section_table_offset: int
+
+    @property
+    def machine(self) -> int:
+        return int(self.coff.Machine)
+
+    @property
+    def machine_name(self) -> str:
+        return MACHINE_NAMES.get(self.machine, f"0x{self.machine:04x}")
+
+    @property
+    def is_pe32plus(self) -> bool:
+        return int(self.optional.Magic) == PE32PLUS_MAGIC
+
+    @property
+    def section_alignment(self) -> int:
+        return int(self.optional.SectionAlignment)
+
+    @property
+    def file_alignment(self) -> int:
+        return int(self.optional.FileAlignment)
+
+    @property
+    def size_of_headers(self) -> int:
+        return int(self.optional.SizeOfHeaders)
+
+    @property
+    def size_of_image(self) -> int:
+        return int(self.optional.SizeOfImage)
+
+    @property
+    def image_base(self) -> int:
+        return int(self.optional.ImageBase)
+
+    def directory(self, index: int) -> tuple[int, int]:
+        directories = self.optional.DataDirectories
+        if index >= len(directories):
+            return (0, 0)
+        return (int(directories[index].VirtualAddress), int(directories[index].Size))
+
+    @property
+    def signature(self) -> tuple[int, int] | None:
+        """(file offset, length) of the Authenticode certificate table, when there is one."""
+        offset, length = self.directory(DIRECTORY_SECURITY)
+        if offset and length:
+            return (offset, length)
+        return None
+
+    def section(self, name: str) -> Section | None:
+        for section in self.sections:
+            if section.name == name:
+                return section
+        return None
+
+    def rva_to_offset(self, rva: int) -> int | None:
+        for section in self.sections:
+            start = section.virtual_address
+            if start <= rva < start + min(section.raw_size, section.loaded_size) and section.raw_size:
+                return section.raw_offset + (rva - start)
+        return None
+
+    @property
+    def header_bytes_needed(self) -> int:
+        return self.section_table_offset + SECTION_HEADER_SIZE * len(self.sections)
+
+
+def _read_exact(stream: BinaryIO, offset: int, length: int, what: str) -> bytes:
+    stream.seek(offset)
+    data = stream.read(length)
+    if len(data) != length:
+        raise FormatError(f"truncated PE image: {what} ends past the end of the file")
+    return data
+
+
+def parse(stream: BinaryIO) -> PeImage:
+    """Read the headers of a PE image. Raises FormatError for anything that is not one."""
+    stream.seek(0, 2)
+    file_size = stream.tell()
+    if file_size < 0x40:
+        raise FormatError("not a PE image: shorter than a DOS header")
+    head = _read_exact(stream, 0, 0x40, "the DOS header")
+    if head[:2] != b"MZ":
+        raise FormatError("not a PE image: no MZ signature")
+    e_lfanew = DosHeader.parse(head).e_lfanew
+    if e_lfanew < 0x40 or e_lfanew + 24 > min(file_size, MAX_HEADER_BYTES):
+        raise FormatError("not a PE image: e_lfanew points outside the file")
+    dos = _read_exact(stream, 0, e_lfanew, "the DOS stub")
+    if _read_exact(stream, e_lfanew, 4, "the PE signature") != b"PE\0\0":
+        raise FormatError("not a PE image: no PE signature at e_lfanew")
+    coff = CoffHeader.parse(_read_exact(stream, e_lfanew + 4, CoffHeader.sizeof(), "COFF header"))
+    optional_offset = e_lfanew + 4 + CoffHeader.sizeof()
+    optional_size = int(coff.SizeOfOptionalHeader)
+    if optional_size < 96 or optional_offset + optional_size > min(file_size, MAX_HEADER_BYTES):
+        raise FormatError("not a PE image: bad SizeOfOptionalHeader")
+    optional_raw = _read_exact(stream, optional_offset, optional_size, "optional header")
+    try:
+        optional = OptionalHeader.parse(optional_raw)
+    except c.ConstructError:
+        raise FormatError("not a PE image: unknown optional header magic or truncated") from None
+    consumed = OptionalHeader.build(optional)
+    if len(consumed) > optional_size:
+        raise FormatError("not a PE image: data directories overrun the optional header")
+    if int(coff.NumberOfSections) > MAX_SECTIONS:
+        raise FormatError(f"not a usable PE image: {coff.NumberOfSections} sections")
+    table_offset = optional_offset + optional_size
+    count = int(coff.NumberOfSections)
+    table = _read_exact(stream, table_offset, SECTION_HEADER_SIZE * count, "section table")
+    strings = _string_table(stream, coff, file_size)
+    sections = []
+    for index in range(count):
+        header = SectionHeader.parse(table[index * SECTION_HEADER_SIZE :])
+        sections.append(Section(_section_name(header.Name, strings), header))
+    for section in sections:
+        if section.raw_size and section.raw_offset + section.raw_size > file_size:
+            raise FormatError(
+                f"truncated PE image: section {section.name} ends at "
+                f"0x{section.raw_offset + section.raw_size:x}, past the end of the file "
+                f"(0x{file_size:x})"
+            )
+    return PeImage(
+        dos=dos,
+        coff=coff,
+        optional=optional,
+        optional_tail=optional_raw[len(consumed) :],
+        sections=tuple(sections),
+        file_size=file_size,
+        section_table_offset=table_offset,
+    )
+
+
+def _string_table(stream: BinaryIO, coff: c.Container, file_size: int) -> bytes:
+    pointer = int(coff.PointerToSymbolTable)
+    if not pointer:
+        return b""
+    start = pointer + 18 * int(coff.NumberOfSymbols)
+    if start + 4 > file_size:
+        return b""
+    stream.seek(start)
+    (length,) = struct.unpack("<I", stream.read(4))
+    if length < 4 or start + length > file_size or length > MAX_HEADER_BYTES:
+        return b""
+    return stream.read(length - 4)
+
+
+def _section_name(raw: bytes, strings: bytes) -> str:
+    name = raw.rstrip(b"\0")
+    if name.startswith(b"/") and name[1:].isdigit() and strings:
+        offset = int(name[1:]) - 4
+        if 0 <= offset < len(strings):
+            end = strings.find(b"\0", offset)
+            name = strings[offset : end if end >= 0 else len(strings)]
+    return name.decode("ascii", "replace")
+
+
+def encode_section_name(name: str) -> bytes:
+    encoded = name.encode("ascii")
+    if len(encoded) > 8:
+        raise FormatError(f"section name {name!r} is longer than 8 bytes")
+    return encoded.ljust(8, b"\0")
+
+
+@dataclass(frozen=True)
+class NewSection:
+    name: str
+    payload: Payload
+    characteristics: int = READONLY_DATA
+    alignment: int = 0
+    """RVA alignment wanted on top of the image's SectionAlignment (0: SectionAlignment)."""
+
+
+@dataclass(frozen=True)
+class WrittenSection:
+    name: str
+    virtual_address: int
+    virtual_size: int
+    raw_offset: int
+    raw_size: int
+    sha256: str | None
+    """Of the payload bytes, for sections written from a payload."""
+
+
+@dataclass(frozen=True)
+class WriteResult:
+    sections: tuple[WrittenSection, ...]
+    size_of_image: int
+    size_of_headers: int
+    checksum: int
+    file_size: int
+    dropped: tuple[str, ...]
+    signature_removed: bool
+
+
+class PeWriter:
+    """Adds sections to an existing image, keeping its sections' RVAs and contents.
+
+    The rules kept: section headers sorted by RVA; a new section's RVA after every existing
+    section, aligned to SectionAlignment (and the caller's alignment); raw data contiguous and
+    aligned to FileAlignment, so that there are no gaps for Authenticode tools to warn about;
+    room for the new headers made by moving raw data, never by overlapping the first section;
+    file offsets inside the image (debug directory entries) moved with the data; the COFF
+    symbol table and any signature dropped; SizeOfImage and CheckSum recomputed.
+    """
+
+    def __init__(
+        self,
+        source: BinaryIO,
+        image: PeImage,
+        *,
+        drop: Callable[[Section], bool] = lambda section: False,
+    ) -> None:
+        self.source = source
+        self.image = image
+        self.kept = tuple(s for s in image.sections if not drop(s))
+        self.dropped = tuple(s.name for s in image.sections if drop(s))
+
+    def layout_end(self) -> int:
+        """The first RVA after every kept section (and the headers)."""
+        end = self.image.size_of_headers
+        for section in self.kept:
+            end = max(end, section.virtual_address + max(section.loaded_size, 1))
+        return end
+
+    def plan_rvas(self, new: Sequence[tuple[int, int]]) -> list[int]:
+        """RVAs for new sections given as (size upper bound, extra alignment)."""
+        rvas = []
+        cursor = self.layout_end()
+        for length, alignment in new:
+            rva = align_up(cursor, max(self.image.section_alignment, alignment, 1))
+            rvas.append(rva)
+            cursor = rva + max(length, 1)
+        return rvas
+
+    def header_size(self, new_count: int) -> int:
+        table_end = self.image.section_table_offset + SECTION_HEADER_SIZE * (
+            len(self.kept) + new_count
+        )
+        return max(align_up(table_end, self.image.file_alignment), self.image.size_of_headers)
+
+    def write(self, new: Sequence[NewSection], out: BinaryIO) -> WriteResult:
+        image = self.image
+        file_alignment = max(image.file_alignment, 1)
+        headers_size = self.header_size(len(new))
+        first_rva = min((s.virtual_address for s in self.kept if s.loaded_size), default=None)
+        if first_rva is not None and headers_size > first_rva:
+            raise FormatError(
+                f"no room for {len(new)} more section headers: the headers would need "
+                f"0x{headers_size:x} bytes but the first section is loaded at RVA 0x{first_rva:x}"
+            )
+        checksum = ChecksumAccumulator()
+        out.seek(0)
+        out.truncate()
+        out.write(b"\0" * headers_size)
+        position = headers_size
+
+        # Existing sections keep their RVAs; only their file offsets move.
+        kept_headers: list[c.Container] = []
+        moves: list[tuple[int, int, int]] = []  # (old offset, length, new offset)
+        written: list[WrittenSection] = []
+        for section in self.kept:
+            header = c.Container(section.header)
+            header.Name = _short_name(section)
+            if section.raw_size:
+                raw_size = align_up(section.raw_size, file_alignment)
+                header.PointerToRawData = position
+                header.SizeOfRawData = raw_size
+                copy_range(self.source, section.raw_offset, section.raw_size, out, checksum, position)
+                _pad(out, raw_size - section.raw_size)
+                moves.append((section.raw_offset, section.raw_size, position))
+                position += raw_size
+            else:
+                header.PointerToRawData = 0
+            header.PointerToRelocations = 0
+            header.PointerToLinenumbers = 0
+            header.NumberOfRelocations = 0
+            header.NumberOfLinenumbers = 0
+            kept_headers.append(header)
+            written.append(
+                WrittenSection(
+                    section.name,
+                    int(header.VirtualAddress),
+                    int(header.VirtualSize),
+                    int(header.PointerToRawData),
+                    int(header.SizeOfRawData),
+                    None,
+                )
+            )
+
+        self._move_debug_pointers(out, moves, checksum)
+
+        cursor = self.layout_end()
+        new_headers: list[c.Container] = []
+        initialized = 0
+        for section in new:
+            rva = align_up(cursor, max(image.section_alignment, section.alignment, 1))
+            result: StreamResult = copy_stream(section.payload, out, checksum, position)
+            raw_size = align_up(result.size, file_alignment)
+            _pad(out, raw_size - result.size)
+            header = c.Container(
+                Name=encode_section_name(section.name),
+                VirtualSize=result.size,
+                VirtualAddress=rva,
+                SizeOfRawData=raw_size,
+                PointerToRawData=position if raw_size else 0,
+                PointerToRelocations=0,
+                PointerToLinenumbers=0,
+                NumberOfRelocations=0,
+                NumberOfLinenumbers=0,
+                Characteristics=section.characteristics,
+            )
+            new_headers.append(header)
+            written.append(
+                WrittenSection(section.name, rva, result.size, position, raw_size, result.sha256)
+            )
+            position += raw_size
+            initialized += raw_size
+            cursor = rva + max(result.size, 1)
+
+        all_headers = kept_headers + new_headers
+        end = max(
+            [headers_size]
+            + [int(h.VirtualAddress) + max(int(h.VirtualSize), int(h.SizeOfRawData)) for h in all_headers]
+        )
+        size_of_image = align_up(end, max(image.section_alignment, 1))
+        if size_of_image >= 1 << 32:
+            raise FormatError(f"the image would be 0x{size_of_image:x} bytes: PE images end at 4 GiB")
+
+        optional = c.Container(image.optional)
+        optional.SizeOfImage = size_of_image
+        optional.SizeOfHeaders = headers_size
+        optional.CheckSum = 0
+        optional.SizeOfInitializedData = (int(image.optional.SizeOfInitializedData) + initialized) & 0xFFFFFFFF
+        directories = [c.Container(d) for d in image.optional.DataDirectories]
+        signature_removed = False
+        if len(directories) > DIRECTORY_SECURITY and directories[DIRECTORY_SECURITY].Size:
+            directories[DIRECTORY_SECURITY] = c.Container(VirtualAddress=0, Size=0)
+            signature_removed = True
+        optional.DataDirectories = directories
+        coff = c.Container(image.coff)
+        coff.NumberOfSections = len(all_headers)
+        coff.PointerToSymbolTable = 0
+        coff.NumberOfSymbols = 0
+
+        headers = bytearray(image.dos)
+        headers += b"PE\0\0"
+        headers += CoffHeader.build(coff)
+        headers += OptionalHeader.build(optional) + image.optional_tail
+        for header in all_headers:
+            headers += SectionHeader.build(header)
+        headers += b"\0" * (headers_size - len(headers))
+        checksum.update(0, headers)
+        out.seek(0)
+        out.write(headers)
+        total = checksum.finish(position)
+        optional_offset = len(image.dos) + 4 + CoffHeader.sizeof()
+        out.seek(optional_offset + CHECKSUM_OFFSET_IN_OPTIONAL)
+        out.write(struct.pack("<I", total))
+        out.seek(position)
+        out.truncate()
+        return WriteResult(
+            sections=tuple(written),
+            size_of_image=size_of_image,
+            size_of_headers=headers_size,
+            checksum=total,
+            file_size=position,
+            dropped=self.dropped,
+            signature_removed=signature_removed,
+        )
+
+    def _move_debug_pointers(
+        self, out: BinaryIO, moves: Iterable[tuple[int, int, int]], checksum: ChecksumAccumulator
+    ) -> None:
+        """Debug directory entries hold file offsets: point them at the data's new place."""
+        rva, length = self.image.directory(DIRECTORY_DEBUG)
+        if not rva or not length:
+            return
+        table_offset = self.image.rva_to_offset(rva)
+        if table_offset is None:
+            return
+        moves = list(moves)
+
+        def relocate(offset: int) -> int | None:
+            for old, size, new in moves:
+                if old <= offset < old + size:
+                    return new + (offset - old)
+            return None
+
+        new_table = relocate(table_offset)
+        if new_table is None:
+            return
+        for index in range(min(length // DEBUG_ENTRY_SIZE, 64)):
+            field_at = new_table + index * DEBUG_ENTRY_SIZE + DEBUG_POINTER_OFFSET
+            out.seek(field_at)
+            old_bytes = out.read(4)
+            if len(old_bytes) != 4:
+                return
+            (pointer,) = struct.unpack("<I", old_bytes)
+            moved = relocate(pointer) if pointer else 0
+            new_bytes = struct.pack("<I", moved or 0)
+            if new_bytes != old_bytes:
+                out.seek(field_at)
+                out.write(new_bytes)
+                checksum.replace(field_at, old_bytes, new_bytes)
+        out.seek(0, 2)
+
+
+def _short_name(section: Section) -> bytes:
+    """Long names point into the COFF string table, which is not carried over: keep 8 bytes."""
+    raw = bytes(section.header.Name)
+    if raw.startswith(b"/"):
+        return section.name.encode("ascii", "replace")[:8].ljust(8, b"\0")
+    return raw
+
+
+def _pad(out: BinaryIO, count: int) -> None:
+    if count > 0:
+        out.write(b"\0" * count)
+
+
+def with_name(section: Section, name: str) -> Section:
+    return replace(section, name=name)

@@ -1,0 +1,132 @@
+"""The description of a Xen system, as typed immutable values. No I/O happens here.
+
+`config.py` builds these from `hlimage.toml`; the Xen binding (`hlimage/xen/`) turns them into
+what Xen reads; the output writers never look at TOML.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from pathlib import Path
+
+
+class Arch(enum.Enum):
+    X86_64 = "x86_64"
+    ARM64 = "arm64"
+
+    @property
+    def efi_suffix(self) -> str:
+        """The removable-media name UEFI looks for: BOOTX64.EFI, BOOTAA64.EFI."""
+        return {Arch.X86_64: "X64", Arch.ARM64: "AA64"}[self]
+
+
+class Binding(enum.Enum):
+    """How the domains reach Xen."""
+
+    AUTO = "auto"
+    CLASSIC = "classic"
+    DOM0LESS = "dom0less"
+    HYPERLAUNCH = "hyperlaunch"
+
+
+class Capability(enum.Enum):
+    CONTROL = "control"
+    HARDWARE = "hardware"
+    XENSTORE = "xenstore"
+
+
+ALL_CAPABILITIES = frozenset(Capability)
+
+
+class Mode(enum.Enum):
+    PV = "pv"
+    PVH = "pvh"
+
+
+class InitrdCompression(enum.Enum):
+    LZ4 = "lz4"
+
+
+@dataclass(frozen=True)
+class MemoryRange:
+    address: int
+    size: int
+
+
+@dataclass(frozen=True)
+class Domain:
+    name: str
+    kernel: Path
+    initrd: tuple[Path, ...] = ()
+    initrd_compression: InitrdCompression | None = None
+    cmdline: str = ""
+    memory: int | None = None
+    """Bytes."""
+    vcpus: int | None = None
+    capabilities: frozenset[Capability] = frozenset()
+    """Resolved: the description's list, or the dom0 default when no domain lists any."""
+    mode: Mode | None = None
+    # Arm dom0less properties (docs/misc/arm/device-tree/booting.txt)
+    vpl011: bool = False
+    enhanced: str | None = None
+    passthrough: str | None = None
+    passthrough_dtb: Path | None = None
+    static_mem: tuple[MemoryRange, ...] = ()
+    direct_map: bool = False
+    cpupool: str | None = None
+    colors: str | None = None
+    nr_spis: int | None = None
+
+    @property
+    def is_hardware_domain(self) -> bool:
+        return Capability.HARDWARE in self.capabilities
+
+    @property
+    def is_classic_dom0(self) -> bool:
+        return self.capabilities == ALL_CAPABILITIES
+
+
+@dataclass(frozen=True)
+class Xen:
+    efi: Path | None = None
+    multiboot: Path | None = None
+    cmdline: str = ""
+    xsm: Path | None = None
+    ucode: Path | None = None
+    dtb: Path | None = None
+
+
+@dataclass(frozen=True)
+class System:
+    """One description: Xen and the domains it builds at boot."""
+
+    source: Path
+    """The description file, for error messages."""
+    arch: Arch
+    binding: Binding
+    xen: Xen
+    domains: tuple[Domain, ...]
+    name: str = "xen"
+    """Used for menu entry titles and ids."""
+    title: str | None = None
+
+    @property
+    def hardware_domain(self) -> Domain | None:
+        for domain in self.domains:
+            if domain.is_hardware_domain:
+                return domain
+        return None
+
+    @property
+    def domus(self) -> tuple[Domain, ...]:
+        """Every domain but the hardware domain."""
+        return tuple(d for d in self.domains if not d.is_hardware_domain)
+
+    @property
+    def resolved_binding(self) -> Binding:
+        if self.binding is not Binding.AUTO:
+            return self.binding
+        if len(self.domains) == 1 and self.domains[0].is_classic_dom0:
+            return Binding.CLASSIC
+        return Binding.DOM0LESS if self.arch is Arch.ARM64 else Binding.HYPERLAUNCH

@@ -1,0 +1,111 @@
+"""A domain's files as payloads: the kernel, and the initrd (joined and recompressed as asked).
+
+Inputs are probed here, before anything is written: a kernel for the wrong architecture or an
+initrd Linux cannot unpack is an error naming the description key.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterator, Sequence
+
+from hlimage.errors import FormatError, HlimageError
+from hlimage.formats import compression
+from hlimage.inputs import KernelInfo, probe_initrd, probe_kernel
+from hlimage.model import Domain, InitrdCompression, System
+from hlimage.streams import ConcatPayload, Payload, Region
+
+INITRD_ALIGN = 4
+RECOMPRESSIBLE = {None, compression.GZIP, compression.XZ, compression.ZSTD, compression.LZ4_LEGACY}
+
+
+def _label(domain: Domain) -> str:
+    return f'[[domain]] "{domain.name}"'
+
+
+def kernel_info(system: System, domain: Domain) -> KernelInfo:
+    key = f"{_label(domain)} kernel"
+    try:
+        info = probe_kernel(Region(domain.kernel))
+    except FormatError as error:
+        raise HlimageError(f"{key}: {error}", where=domain.kernel) from None
+    if info.kind == "efi-zboot":
+        raise HlimageError(
+            f"{key}: an EFI zboot kernel (vmlinuz.efi), which Xen cannot load; give the plain "
+            "Image or Image.gz",
+            where=domain.kernel,
+        )
+    if info.arch != system.arch.value:
+        raise HlimageError(
+            f"{key}: a {info.arch or 'unknown'} kernel ({info.describe()}), but [image] arch is "
+            f'"{system.arch.value}"; give a {system.arch.value} kernel',
+            where=domain.kernel,
+        )
+    return info
+
+
+def kernel_payload(system: System, domain: Domain) -> Region:
+    kernel_info(system, domain)
+    return Region(domain.kernel)
+
+
+class Lz4LegacyPayload(Payload):
+    """Initrd parts decompressed, joined (each padded to 4 bytes) and compressed as one LZ4
+    legacy stream: Linux's unpacker ends an LZ4 member only at the end of its input, so the
+    whole initrd has to be a single stream."""
+
+    def __init__(self, parts: Sequence[tuple[Region, str | None]]) -> None:
+        self.parts = tuple(parts)
+        self.label = "lz4(" + " + ".join(region.label for region, _ in parts) + ")"
+
+    def _estimate(self, region: Region, kind: str | None) -> int:
+        if kind == compression.GZIP:
+            return int(struct.unpack("<I", region.tail(4).rjust(4, b"\0"))[0])
+        if kind is None:
+            return region.length
+        return region.length * 4
+
+    def size_bound(self) -> int:
+        raw = sum(self._estimate(region, kind) + INITRD_ALIGN for region, kind in self.parts)
+        return compression.lz4_legacy_bound(raw)
+
+    def _joined(self) -> Iterator[bytes]:
+        for index, (region, kind) in enumerate(self.parts):
+            length = 0
+            try:
+                for chunk in compression.decompress(kind, region.chunks()):
+                    length += len(chunk)
+                    yield chunk
+            except FormatError as error:
+                raise HlimageError(f"initrd: {error}", where=region.path) from None
+            if index < len(self.parts) - 1 and length % INITRD_ALIGN:
+                yield b"\0" * (-length % INITRD_ALIGN)
+
+    def chunks(self) -> Iterator[bytes]:
+        return compression.lz4_legacy_compress(self._joined())
+
+
+def initrd_payload(system: System, domain: Domain) -> Payload | None:
+    if not domain.initrd:
+        return None
+    parts: list[tuple[Region, str | None]] = []
+    for index, path in enumerate(domain.initrd):
+        key = f"{_label(domain)} initrd" + (f"[{index}]" if len(domain.initrd) > 1 else "")
+        region = Region(path)
+        try:
+            info = probe_initrd(region)
+        except FormatError as error:
+            raise HlimageError(f"{key}: {error}", where=path) from None
+        kind = None if info.kind in ("cpio", "unknown") else info.kind
+        if domain.initrd_compression is InitrdCompression.LZ4 and kind not in RECOMPRESSIBLE:
+            raise HlimageError(
+                f'{key}: {kind} data cannot be recompressed; initrd_compression = "lz4" takes '
+                "gzip, xz, zstd, lz4 or uncompressed parts",
+                where=path,
+            )
+        parts.append((region, kind))
+    if domain.initrd_compression is InitrdCompression.LZ4:
+        return Lz4LegacyPayload(parts)
+    if len(parts) == 1:
+        return parts[0][0]
+    return ConcatPayload([region for region, _ in parts], align=INITRD_ALIGN)

@@ -1,0 +1,109 @@
+"""Xen's rules about a description, checked before anything is written.
+
+Each check says which rule and why, naming the description key to change.
+"""
+
+from __future__ import annotations
+
+from hlimage.errors import HlimageError
+from hlimage.model import Arch, Binding, Domain, System
+
+X86_UNIFIED_MODULES = ("kernel", "ramdisk", "xsm", "ucode")
+
+
+def domain_label(domain: Domain) -> str:
+    return f'[[domain]] "{domain.name}"'
+
+
+def fail(system: System, message: str) -> HlimageError:
+    return HlimageError(message, where=system.source)
+
+
+def cmdline_options(cmdline: str) -> dict[str, str]:
+    """Xen command-line options by name (the last one wins, as in Xen's parser)."""
+    options = {}
+    for token in cmdline.split():
+        name, _, value = token.partition("=")
+        options[name.replace("-", "_")] = value
+    return options
+
+
+def check_domains(system: System) -> None:
+    """Rules every output keeps, whatever the format."""
+    hardware = [d for d in system.domains if d.is_hardware_domain]
+    if len(hardware) > 1:
+        names = ", ".join(f'"{d.name}"' for d in hardware)
+        raise fail(
+            system,
+            f"capabilities: {names} all have 'hardware'; Xen builds one hardware domain, "
+            "keep 'hardware' on one domain",
+        )
+    binding = system.resolved_binding
+    if system.arch is Arch.X86_64 and not hardware:
+        raise fail(
+            system,
+            "[[domain]]: no domain has the 'hardware' capability; x86 Xen needs a dom0: name a "
+            'domain "dom0" or give one capabilities = ["control", "hardware", "xenstore"]',
+        )
+    if binding is Binding.CLASSIC:
+        if len(system.domains) != 1:
+            raise fail(
+                system,
+                f'[image] binding: "classic" carries one domain, the description has '
+                f"{len(system.domains)}; use binding = \"auto\" or remove domains",
+            )
+        if not system.domains[0].is_classic_dom0:
+            raise fail(
+                system,
+                f"{domain_label(system.domains[0])} capabilities: a classic boot's one domain is "
+                'dom0 with all of "control", "hardware", "xenstore"',
+            )
+    if binding is Binding.DOM0LESS and system.arch is not Arch.ARM64:
+        raise fail(system, '[image] binding: "dom0less" is Arm only; use "hyperlaunch" on x86_64')
+    if binding is Binding.HYPERLAUNCH and system.arch is not Arch.X86_64:
+        raise fail(system, '[image] binding: "hyperlaunch" is x86 only; use "dom0less" on arm64')
+    if system.arch is Arch.X86_64:
+        for domain in system.domains:
+            for key in ("vpl011", "enhanced", "passthrough", "passthrough_dtb", "static_mem",
+                        "direct_map", "cpupool", "colors", "nr_spis"):  # fmt: skip
+                if getattr(domain, key) not in (None, False, ()):
+                    raise fail(
+                        system,
+                        f"{domain_label(domain)} {key}: an Arm dom0less setting, but [image] arch "
+                        'is "x86_64"; remove it',
+                    )
+    if system.xen.ucode is not None and system.arch is not Arch.X86_64:
+        raise fail(system, "[xen] ucode: microcode modules are x86 only; remove it")
+
+
+def dom0_xen_options(system: System, dom0: Domain) -> list[str]:
+    """A classic dom0's memory, vcpus and mode, as the Xen command-line options that set them.
+
+    Written by hand in [xen] cmdline as well, the same option is a conflict: which one Xen
+    obeys would depend on order, so the user has to pick."""
+    options = cmdline_options(system.xen.cmdline)
+    added = []
+    wanted = []
+    if dom0.memory is not None:
+        wanted.append(("dom0_mem", format_xen_size(dom0.memory), "memory"))
+    if dom0.vcpus is not None:
+        wanted.append(("dom0_max_vcpus", str(dom0.vcpus), "vcpus"))
+    if dom0.mode is not None and system.arch is Arch.X86_64:
+        wanted.append(("dom0", dom0.mode.value, "mode"))
+    for option, value, key in wanted:
+        if option in options:
+            raise fail(
+                system,
+                f"{domain_label(dom0)} {key} and [xen] cmdline both set {option} "
+                f"({value} and {options[option] or 'empty'}); keep one of them",
+            )
+        added.append(f"{option}={value}")
+    return added
+
+
+def format_xen_size(size: int) -> str:
+    """Bytes as Xen's size syntax, in the largest unit that divides exactly."""
+    for suffix, unit in (("G", 1 << 30), ("M", 1 << 20), ("K", 1 << 10)):
+        if size % unit == 0:
+            return f"{size // unit}{suffix}"
+    return f"{size}B"

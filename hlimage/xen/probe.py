@@ -1,0 +1,177 @@
+"""What a Xen image is: its architecture, version, payload sections, and what it can parse."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from hlimage.errors import FormatError, HlimageError
+from hlimage.formats import compression, multiboot2, pe
+from hlimage.streams import Region
+
+# Every Xen build prints its banner with this format string (common/kernel.c, xen/drivers).
+XEN_BANNER = b"Xen version %d.%d%s"
+# The v6 hyperlaunch parser's strings (xen-boot-formats.md 2.3.1); no released Xen has both.
+HYPERLAUNCH_STRINGS = (b"hypervisor,xen", b"module-index")
+# Arm Xen names itself to dom0 as compatible "xen,xen-MAJOR.MINOR".
+ARM_COMPATIBLE = re.compile(rb"xen,xen-(\d+)\.(\d+)\0")
+# Distribution builds embed their full version ("4.17.5+72-g01140da4e8-1") as a string.
+VERSION_STRING = re.compile(rb"\0([4-9])\.(\d{1,2})\.\d{1,3}(?:[+~-][\w.+~-]*)?\0")
+
+PAYLOAD_SECTIONS = (".config", ".kernel", ".ramdisk", ".xsm", ".ucode", ".dtb")
+MACHINE_ARCH = {pe.MACHINE_AMD64: "x86_64", pe.MACHINE_ARM64: "arm64"}
+SCAN_LIMIT = 64 << 20
+
+
+@dataclass(frozen=True)
+class XenImage:
+    path: Path
+    arch: str
+    version: tuple[int, int] | None
+    has_hyperlaunch: bool
+
+    @property
+    def version_text(self) -> str:
+        return f"{self.version[0]}.{self.version[1]}" if self.version else "unknown version"
+
+    def at_least(self, major: int, minor: int) -> bool:
+        return self.version is not None and self.version >= (major, minor)
+
+
+@dataclass(frozen=True)
+class XenEfi(XenImage):
+    image: pe.PeImage
+    payload_sections: tuple[str, ...]
+    debug_sections: tuple[str, ...]
+    signed: bool
+
+
+@dataclass(frozen=True)
+class XenMultiboot(XenImage):
+    compressed: bool
+    header: multiboot2.Multiboot2Header
+
+
+@dataclass
+class _ScanResult:
+    is_xen: bool = False
+    compatible_version: tuple[int, int] | None = None
+    string_version: tuple[int, int] | None = None
+    has_hyperlaunch: bool = False
+
+    @property
+    def version(self) -> tuple[int, int] | None:
+        return self.compatible_version or self.string_version
+
+
+def _scan(chunks: Iterable[bytes]) -> _ScanResult:
+    """Look through an image's own code and data for what identifies Xen and its version."""
+    result = _ScanResult()
+    hyperlaunch = dict.fromkeys(HYPERLAUNCH_STRINGS, False)
+    overlap = b""
+    scanned = 0
+    for chunk in chunks:
+        window = overlap + chunk
+        result.is_xen = result.is_xen or XEN_BANNER in window
+        for pattern, attribute in ((ARM_COMPATIBLE, "compatible_version"), (VERSION_STRING, "string_version")):
+            if getattr(result, attribute) is None:
+                match = pattern.search(window)
+                if match:
+                    setattr(result, attribute, (int(match.group(1)), int(match.group(2))))
+        for needle in hyperlaunch:
+            hyperlaunch[needle] = hyperlaunch[needle] or needle in window
+        overlap = window[-64:]
+        scanned += len(chunk)
+        if scanned > SCAN_LIMIT:
+            break
+    result.has_hyperlaunch = all(hyperlaunch.values())
+    return result
+
+
+def probe_efi(path: Path, *, key: str = "[xen] efi") -> XenEfi:
+    try:
+        with path.open("rb") as stream:
+            image = pe.parse(stream)
+    except FormatError as error:
+        raise HlimageError(f"{key}: {error}; give Xen's xen.efi", where=path) from None
+    except OSError as error:
+        raise HlimageError(f"{key}: cannot read: {error.strerror}", where=path) from None
+    arch = MACHINE_ARCH.get(image.machine)
+    if arch is None:
+        raise HlimageError(
+            f"{key}: PE image for machine {image.machine_name}, not x86_64 or arm64; "
+            "give Xen's xen.efi",
+            where=path,
+        )
+    own = [s for s in image.sections if s.name not in PAYLOAD_SECTIONS and not s.is_debug]
+    scan = _scan(
+        chunk
+        for section in own
+        if section.raw_size
+        for chunk in Region(path, section.raw_offset, section.data_size).chunks()
+    )
+    if not scan.is_xen:
+        raise HlimageError(
+            f"{key}: this PE image is not Xen (no Xen version banner in it); give Xen's xen.efi",
+            where=path,
+        )
+    version = scan.version
+    if arch == "x86_64":
+        major, minor = int(image.optional.MajorImageVersion), int(image.optional.MinorImageVersion)
+        if major:
+            version = (major, minor)
+    return XenEfi(
+        path=path,
+        arch=arch,
+        version=version,
+        has_hyperlaunch=scan.has_hyperlaunch,
+        image=image,
+        payload_sections=tuple(s.name for s in image.sections if s.name in PAYLOAD_SECTIONS),
+        debug_sections=tuple(s.name for s in image.sections if s.is_debug),
+        signed=image.signature is not None,
+    )
+
+
+def probe_multiboot(path: Path, *, key: str = "[xen] multiboot") -> XenMultiboot:
+    region = Region(path)
+    head = region.head(16)
+    kind = compression.detect(head)
+    if kind not in (None, compression.GZIP):
+        raise HlimageError(
+            f"{key}: {kind}-compressed; GRUB and Xen's build use plain or gzip'd xen, "
+            "give xen.gz or the uncompressed xen",
+            where=path,
+        )
+    start = bytearray()
+
+    def decompressed() -> Iterator[bytes]:
+        for chunk in compression.decompress(kind, region.chunks()):
+            if len(start) < multiboot2.SEARCH_LIMIT:
+                start.extend(chunk[: multiboot2.SEARCH_LIMIT - len(start)])
+            yield chunk
+
+    try:
+        scan = _scan(decompressed())
+    except FormatError as error:
+        raise HlimageError(f"{key}: {error}; give an intact xen.gz", where=path) from None
+    header = multiboot2.find(bytes(start))
+    if header is None:
+        raise HlimageError(
+            f"{key}: no multiboot2 header in the first 32 KiB; give Xen's multiboot image "
+            "(xen.gz or xen), not xen.efi or xen-syms",
+            where=path,
+        )
+    if not scan.is_xen:
+        raise HlimageError(
+            f"{key}: this multiboot2 image is not Xen (no Xen version banner in it)", where=path
+        )
+    return XenMultiboot(
+        path=path,
+        arch="x86_64",
+        version=scan.version,
+        has_hyperlaunch=scan.has_hyperlaunch,
+        compressed=kind is not None,
+        header=header,
+    )

@@ -1,0 +1,156 @@
+"""The one boot helper every end-to-end test uses: boot media in QEMU and watch the serial
+console until every domain's marker has appeared, something fatal shows, or time runs out."""
+
+from __future__ import annotations
+
+import os
+import re
+import selectors
+import signal
+import subprocess
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from hlimage import qemu
+from tests.support.payloads import marker
+
+# Lines after which nothing good comes (qemu-boot.md, "Traps"); `noreboot` keeps QEMU running.
+FATAL = (
+    "Panic on CPU",
+    "Hardware Dom0 crashed",
+    "Manual reset required",
+    "must be loaded below 4Gb",
+    "Shell> ",
+    "UiApp",
+    "Couldn't obtain the File System",
+    "Synchronous Exception",
+)
+
+
+@dataclass
+class BootResult:
+    markers: Sequence[str]
+    seen: list[str]
+    fatal: str | None
+    stopped_by: str | None
+    elapsed: float
+    returncode: int | None
+    log_path: Path
+    output: str = field(repr=False)
+
+    @property
+    def missing(self) -> list[str]:
+        return [name for name in self.markers if name not in self.seen]
+
+    def tail(self, lines: int = 60) -> str:
+        return "\n".join(self.output.splitlines()[-lines:])
+
+    def check(self) -> None:
+        """Fail the test unless every marker appeared, with the console's end to read."""
+        if self.missing or self.fatal:
+            reason = f"fatal console line {self.fatal!r}" if self.fatal else "timed out"
+            raise AssertionError(
+                f"boot did not print {self.missing} ({reason} after {self.elapsed:.0f} s; "
+                f"full log {self.log_path}):\n{self.tail()}"
+            )
+
+
+def boot(
+    arch: str,
+    media: qemu.Media,
+    domains: Sequence[str],
+    *,
+    log_path: Path,
+    timeout: float = 300,
+    secure_boot: bool = False,
+    stop_on: Sequence[str] = (),
+    fatal: Sequence[str] = FATAL,
+    memory: str = "2G",
+) -> BootResult:
+    """Boot and wait for `marker(name)` of every name in `domains`.
+
+    `stop_on` are console strings that end the run early without being fatal (a firmware that
+    refuses an image, say); the one seen is in `stopped_by`.
+    """
+    qemu.check_tools(arch, secure_boot=secure_boot)
+    expected = {marker(name): name for name in domains}
+    with tempfile.TemporaryDirectory(prefix="hlimage-boot-") as scratch:
+        vars_copy = None
+        if arch == qemu.X86_64:
+            vars_copy = qemu.prepare_vars(Path(scratch) / "vars.fd", secure_boot=secure_boot)
+        argv = qemu.command(
+            arch, media, vars_copy=vars_copy, secure_boot=secure_boot, memory=memory
+        )
+        started = time.monotonic()
+        process = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        assert process.stdout is not None
+        output = bytearray()
+        seen: list[str] = []
+        found_fatal: str | None = None
+        stopped_by: str | None = None
+        selector = selectors.DefaultSelector()
+        selector.register(process.stdout, selectors.EVENT_READ)
+        os.set_blocking(process.stdout.fileno(), False)
+        scanned = 0
+        try:
+            while True:
+                remaining = timeout - (time.monotonic() - started)
+                if remaining <= 0:
+                    break
+                if selector.select(timeout=min(remaining, 1.0)):
+                    chunk = process.stdout.read(65536)
+                    if chunk:
+                        output += chunk
+                    elif process.poll() is not None:
+                        break
+                elif process.poll() is not None:
+                    break
+                # Search only what is new, plus an overlap for strings split across reads.
+                window = output[max(0, scanned - 256) :].decode("utf-8", "replace")
+                scanned = len(output)
+                for text, name in expected.items():
+                    if name not in seen and text in window:
+                        seen.append(name)
+                found_fatal = found_fatal or next((f for f in fatal if f in window), None)
+                stopped_by = stopped_by or next((s for s in stop_on if s in window), None)
+                if len(seen) == len(expected) or found_fatal or stopped_by:
+                    # Let a few more lines reach the log before stopping the machine.
+                    time.sleep(0.5)
+                    try:
+                        output += process.stdout.read() or b""
+                    except (BlockingIOError, ValueError):
+                        pass
+                    break
+        finally:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+            selector.close()
+            elapsed = time.monotonic() - started
+            log_path.parent.mkdir(parents=True, exist_ok=True)
+            header = f"$ {' '.join(argv)}\n# elapsed {elapsed:.1f} s\n"
+            log_path.write_bytes(header.encode() + bytes(output))
+    text = bytes(output).decode("utf-8", "replace")
+    return BootResult(
+        markers=list(domains),
+        seen=seen,
+        fatal=found_fatal,
+        stopped_by=stopped_by,
+        elapsed=elapsed,
+        returncode=process.returncode,
+        log_path=log_path,
+        output=text,
+    )
+
+
+def strip_ansi(text: str) -> str:
+    return re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", text)
