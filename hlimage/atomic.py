@@ -82,12 +82,16 @@ def atomic_directory(target: Path) -> Iterator[Path]:
             "-o: is a file, but this format writes a directory; name a directory", where=target
         )
     _clean_stale(target)
-    temporary = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=TEMP_MARK))
+    temporary = Path(
+        tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=TEMP_MARK)
+    )
     try:
         yield temporary
         os.chmod(temporary, 0o777 & ~_umask())
         if target.exists():
-            retired = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=TEMP_MARK))
+            retired = Path(
+                tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=TEMP_MARK)
+            )
             os.rename(target, retired / "old")
             os.rename(temporary, target)
             shutil.rmtree(retired, ignore_errors=True)

@@ -9,7 +9,9 @@ from hlimage.model import System
 from hlimage.report import BuildReport
 
 
-def build(system: System, output_format: str, output: Path, *, replace: bool = False) -> BuildReport:
+def build(
+    system: System, output_format: str, output: Path, *, replace: bool = False
+) -> BuildReport:
     if output_format == "unified":
         from hlimage.outputs import unified
 

@@ -45,10 +45,18 @@ def cli(quiet: bool) -> None:
     "-f", "--format", "output_format", type=click.Choice(FORMATS), required=True,
     help="What to build (see the table in the README).",
 )  # fmt: skip
-@click.option("-o", "--output", type=click.Path(path_type=Path), required=True,
-              help="The file or directory to write; replaced whole, or left as it was.")
-@click.option("--replace", is_flag=True,
-              help="Replace payload sections the Xen image already has instead of refusing.")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="The file or directory to write; replaced whole, or left as it was.",
+)
+@click.option(
+    "--replace",
+    is_flag=True,
+    help="Replace payload sections the Xen image already has instead of refusing.",
+)
 def build(config: Path, output_format: str, output: Path, replace: bool) -> None:
     """Build boot media from the description CONFIG."""
     from hlimage import build as build_module
@@ -61,8 +69,11 @@ def build(config: Path, output_format: str, output: Path, replace: bool) -> None
 
 @cli.command("efi-config")
 @click.argument("config", type=click.Path(path_type=Path))
-@click.option("--embedded", is_flag=True,
-              help="Print the config as the unified image embeds it (modules as sections).")
+@click.option(
+    "--embedded",
+    is_flag=True,
+    help="Print the config as the unified image embeds it (modules as sections).",
+)
 def efi_config(config: Path, embedded: bool) -> None:
     """Print the xen.cfg that Xen's EFI loader reads for CONFIG."""
     from hlimage.build import efi_config_text

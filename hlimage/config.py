@@ -239,7 +239,9 @@ def memory_ranges(where: Field, value: object) -> tuple[MemoryRange, ...]:
 
 IMAGE_OPTIONS = (
     Option("arch", choice(Arch), "target architecture: x86_64 or arm64", required=True),
-    Option("binding", choice(Binding), "how domains reach Xen: auto, classic, dom0less, hyperlaunch"),
+    Option(
+        "binding", choice(Binding), "how domains reach Xen: auto, classic, dom0less, hyperlaunch"
+    ),
     Option("name", name, "short name for menu entry ids and file names (default: xen)"),
     Option("title", text, "menu entry title (default: 'Xen' and the name)"),
 )
@@ -325,7 +327,9 @@ def load(path: Path) -> System:
             f"not UTF-8 text (byte {error.start}); save the description as UTF-8", where=path
         ) from None
     except tomllib.TOMLDecodeError as error:
-        raise HlimageError(f"TOML syntax error: {error}; fix the syntax there", where=path) from None
+        raise HlimageError(
+            f"TOML syntax error: {error}; fix the syntax there", where=path
+        ) from None
     except OSError as error:
         raise HlimageError(f"cannot read: {error.strerror}", where=path) from None
     return from_document(path.resolve(), document)
@@ -359,7 +363,9 @@ def from_document(path: Path, document: Mapping[str, Any]) -> System:
         if not isinstance(table, dict):
             raise HlimageError(f"[[domain]] #{index}: must be a table", where=path)
         raw_name = table.get("name")
-        label = f'[[domain]] "{raw_name}" ' if isinstance(raw_name, str) else f"[[domain]] #{index} "
+        label = (
+            f'[[domain]] "{raw_name}" ' if isinstance(raw_name, str) else f"[[domain]] #{index} "
+        )
         values = _parse_table(path, label, table, DOMAIN_OPTIONS)
         if values["name"] in seen:
             raise HlimageError(

@@ -6,6 +6,7 @@ architecture inside and to check that the gzip stream ends where the file ends).
 
 from __future__ import annotations
 
+import contextlib
 import io
 import struct
 import zlib
@@ -110,14 +111,14 @@ def _probe_gzip_kernel(region: Region) -> KernelInfo:
     decompressor = zlib.decompressobj(16 + zlib.MAX_WBITS)
     head = bytearray()
     total = 0
-    consumed = 0
     trailing = 0
+    ended = False
     for chunk in region.chunks():
-        if decompressor.eof:
+        if ended:
             trailing += len(chunk)
             continue
         data = chunk
-        while data and not decompressor.eof:
+        while True:
             try:
                 out = decompressor.decompress(data, 1 << 20)
             except zlib.error as error:
@@ -125,11 +126,14 @@ def _probe_gzip_kernel(region: Region) -> KernelInfo:
             if len(head) < HEAD:
                 head += out[: HEAD - len(head)]
             total += len(out)
+            if decompressor.eof:
+                ended = True
+                trailing += len(decompressor.unused_data)
+                break
             data = decompressor.unconsumed_tail
-        consumed += len(chunk)
-        if decompressor.eof:
-            trailing += len(decompressor.unused_data)
-    if not decompressor.eof:
+            if not data and len(out) < 1 << 20:
+                break
+    if not ended:
         raise FormatError("truncated gzip kernel: the gzip stream ends before its end marker")
     if trailing:
         raise FormatError(
@@ -174,10 +178,8 @@ def probe_initrd(region: Region) -> InitrdInfo:
     head = region.head(512)
     if cpio.is_newc(head):
         first = None
-        try:
+        with contextlib.suppress(FormatError):
             first = next(cpio.members(io.BytesIO(head)), None)
-        except FormatError:
-            pass
         return InitrdInfo("cpio", first.name if first else None)
     kind = compression.detect(head)
     if kind == compression.LZ4_FRAME:

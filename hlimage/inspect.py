@@ -55,10 +55,6 @@ def _describe_payload(name: str, region: Region) -> dict[str, Any]:
             return {"type": "xsm", "detail": "FLASK policy" if is_flask else "unknown policy"}
         if name == ".ucode":
             return {"type": "microcode", "detail": probe_initrd(region).describe()}
-        if name == ".dtb":
-            from hlimage.inspect_dt import describe_dtb
-
-            return {"type": "device tree", **describe_dtb(region)}
     except FormatError as error:
         return {"type": name.lstrip("."), "detail": f"unreadable: {error}"}
     return {}

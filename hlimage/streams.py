@@ -209,7 +209,9 @@ def fsync_file(stream: BinaryIO) -> None:
 class Region(Payload):
     """A byte range of a file (a whole file by default): an input to probe or copy."""
 
-    def __init__(self, path: Path, offset: int = 0, length: int | None = None, label: str = "") -> None:
+    def __init__(
+        self, path: Path, offset: int = 0, length: int | None = None, label: str = ""
+    ) -> None:
         self.path = path
         self.offset = offset
         if length is None:
@@ -251,4 +253,3 @@ class Region(Payload):
                     raise HlimageError("the file shrank while it was being read", where=self.path)
                 remaining -= len(chunk)
                 yield chunk
-

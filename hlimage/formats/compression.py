@@ -10,6 +10,7 @@ import lzma
 import struct
 import zlib
 from collections.abc import Iterable, Iterator
+from typing import Any
 
 import lz4.block
 import zstandard
@@ -123,7 +124,7 @@ def gzip_decompress(chunks: Iterable[bytes]) -> Iterator[bytes]:
     fed = False
     for chunk in chunks:
         data = chunk
-        while data:
+        while True:
             if decompressor.eof:
                 if not data.strip(b"\0"):
                     break
@@ -136,6 +137,9 @@ def gzip_decompress(chunks: Iterable[bytes]) -> Iterator[bytes]:
             if out:
                 yield out
             data = decompressor.unused_data if decompressor.eof else decompressor.unconsumed_tail
+            # A full output buffer may leave output pending inside zlib: ask again.
+            if not data and (decompressor.eof or len(out) < OUTPUT_CHUNK):
+                break
     if not fed or not decompressor.eof:
         raise FormatError("truncated gzip data")
 
@@ -164,7 +168,8 @@ def xz_decompress(chunks: Iterable[bytes]) -> Iterator[bytes]:
 
 def zstd_decompress(chunks: Iterable[bytes]) -> Iterator[bytes]:
     decompressor = zstandard.ZstdDecompressor()
-    reader = decompressor.stream_reader(_IterStream(chunks), read_across_frames=True)
+    source: Any = _IterStream(chunks)
+    reader = decompressor.stream_reader(source, read_across_frames=True)
     try:
         while True:
             out = reader.read(OUTPUT_CHUNK)

@@ -107,7 +107,10 @@ class Arm64Image:
 
 
 def parse_arm64(head: bytes) -> Arm64Image | None:
-    if len(head) < Arm64Header.sizeof() or head[ARM64_MAGIC_OFFSET : ARM64_MAGIC_OFFSET + 4] != ARM64_MAGIC:
+    if (
+        len(head) < Arm64Header.sizeof()
+        or head[ARM64_MAGIC_OFFSET : ARM64_MAGIC_OFFSET + 4] != ARM64_MAGIC
+    ):
         return None
     header = Arm64Header.parse(head[: Arm64Header.sizeof()])
     return Arm64Image(int(header.text_offset), int(header.image_size), int(header.flags))

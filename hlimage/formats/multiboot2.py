@@ -57,10 +57,10 @@ def find(head: bytes) -> Multiboot2Header | None:
     limit = min(len(head), SEARCH_LIMIT)
     magic = MAGIC.to_bytes(4, "little")
     offset = head.find(magic, 0, limit)
-    while 0 <= offset:
+    while offset >= 0:
         if offset % 8 == 0 and offset + 16 <= len(head):
             header = Header.parse(head[offset : offset + 16])
-            total = (header.magic + header.architecture + header.header_length + header.checksum)
+            total = header.magic + header.architecture + header.header_length + header.checksum
             if total & 0xFFFFFFFF == 0 and header.header_length >= 16:
                 return Multiboot2Header(
                     offset,
@@ -91,6 +91,13 @@ def build(architecture: int, tags: bytes = b"") -> bytes:
     body = tags + Tag.build({"type": TAG_END, "flags": 0, "size": 8})
     length = 16 + len(body)
     checksum = -(MAGIC + architecture + length) & 0xFFFFFFFF
-    return Header.build(
-        {"magic": MAGIC, "architecture": architecture, "header_length": length, "checksum": checksum}
-    ) + body
+    header = Header.build(
+        {
+            "magic": MAGIC,
+            "architecture": architecture,
+            "header_length": length,
+            "checksum": checksum,
+        }
+    )
+    assert isinstance(header, bytes)
+    return header + body

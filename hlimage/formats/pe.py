@@ -256,13 +256,16 @@ class PeImage:
     def rva_to_offset(self, rva: int) -> int | None:
         for section in self.sections:
             start = section.virtual_address
-            if start <= rva < start + min(section.raw_size, section.loaded_size) and section.raw_size:
+            if (
+                start <= rva < start + min(section.raw_size, section.loaded_size)
+                and section.raw_size
+            ):
                 return section.raw_offset + (rva - start)
         return None
 
     @property
     def header_bytes_needed(self) -> int:
-        return self.section_table_offset + SECTION_HEADER_SIZE * len(self.sections)
+        return int(self.section_table_offset + SECTION_HEADER_SIZE * len(self.sections))
 
 
 def _read_exact(stream: BinaryIO, offset: int, length: int, what: str) -> bytes:
@@ -464,7 +467,9 @@ class PeWriter:
                 raw_size = align_up(section.raw_size, file_alignment)
                 header.PointerToRawData = position
                 header.SizeOfRawData = raw_size
-                copy_range(self.source, section.raw_offset, section.raw_size, out, checksum, position)
+                copy_range(
+                    self.source, section.raw_offset, section.raw_size, out, checksum, position
+                )
                 _pad(out, raw_size - section.raw_size)
                 moves.append((section.raw_offset, section.raw_size, position))
                 position += raw_size
@@ -491,13 +496,13 @@ class PeWriter:
         cursor = self.layout_end()
         new_headers: list[c.Container] = []
         initialized = 0
-        for section in new:
-            rva = align_up(cursor, max(image.section_alignment, section.alignment, 1))
-            result: StreamResult = copy_stream(section.payload, out, checksum, position)
+        for added in new:
+            rva = align_up(cursor, max(image.section_alignment, added.alignment, 1))
+            result: StreamResult = copy_stream(added.payload, out, checksum, position)
             raw_size = align_up(result.size, file_alignment)
             _pad(out, raw_size - result.size)
             header = c.Container(
-                Name=encode_section_name(section.name),
+                Name=encode_section_name(added.name),
                 VirtualSize=result.size,
                 VirtualAddress=rva,
                 SizeOfRawData=raw_size,
@@ -506,11 +511,11 @@ class PeWriter:
                 PointerToLinenumbers=0,
                 NumberOfRelocations=0,
                 NumberOfLinenumbers=0,
-                Characteristics=section.characteristics,
+                Characteristics=added.characteristics,
             )
             new_headers.append(header)
             written.append(
-                WrittenSection(section.name, rva, result.size, position, raw_size, result.sha256)
+                WrittenSection(added.name, rva, result.size, position, raw_size, result.sha256)
             )
             position += raw_size
             initialized += raw_size
@@ -519,17 +524,24 @@ class PeWriter:
         all_headers = kept_headers + new_headers
         end = max(
             [headers_size]
-            + [int(h.VirtualAddress) + max(int(h.VirtualSize), int(h.SizeOfRawData)) for h in all_headers]
+            + [
+                int(h.VirtualAddress) + max(int(h.VirtualSize), int(h.SizeOfRawData))
+                for h in all_headers
+            ]
         )
         size_of_image = align_up(end, max(image.section_alignment, 1))
         if size_of_image >= 1 << 32:
-            raise FormatError(f"the image would be 0x{size_of_image:x} bytes: PE images end at 4 GiB")
+            raise FormatError(
+                f"the image would be 0x{size_of_image:x} bytes: PE images end at 4 GiB"
+            )
 
         optional = c.Container(image.optional)
         optional.SizeOfImage = size_of_image
         optional.SizeOfHeaders = headers_size
         optional.CheckSum = 0
-        optional.SizeOfInitializedData = (int(image.optional.SizeOfInitializedData) + initialized) & 0xFFFFFFFF
+        optional.SizeOfInitializedData = (
+            int(image.optional.SizeOfInitializedData) + initialized
+        ) & 0xFFFFFFFF
         directories = [c.Container(d) for d in image.optional.DataDirectories]
         signature_removed = False
         if len(directories) > DIRECTORY_SECURITY and directories[DIRECTORY_SECURITY].Size:
@@ -548,7 +560,7 @@ class PeWriter:
         for header in all_headers:
             headers += SectionHeader.build(header)
         headers += b"\0" * (headers_size - len(headers))
-        checksum.update(0, headers)
+        checksum.update(0, bytes(headers))
         out.seek(0)
         out.write(headers)
         total = checksum.finish(position)

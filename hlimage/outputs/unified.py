@@ -51,9 +51,9 @@ def build(system: System, output: Path, *, replace: bool = False) -> BuildReport
     policy.check_domains(system)
     xen = probe_xen_efi(system)
     if system.arch is Arch.ARM64:
-        from hlimage.outputs import unified_arm64
-
-        return unified_arm64.build(system, xen, output, replace=replace)
+        raise HlimageError(
+            "--format unified for arm64 is not built yet; use --format esp", where=system.source
+        )
     if len(system.domains) != 1:
         raise HlimageError(
             f"[[domain]]: an x86 unified image carries one domain (dom0), the description has "
@@ -113,13 +113,18 @@ def write(
         )
     with xen.path.open("rb") as source:
         writer = pe.PeWriter(source, xen.image, drop=drop)
-        rvas = writer.plan_rvas([(payload.size_bound(), alignment) for _, _, payload, _ in sections])
+        rvas = writer.plan_rvas(
+            [(payload.size_bound(), alignment) for _, _, payload, _ in sections]
+        )
         if system.arch is Arch.X86_64:
             _check_below_4g(system, rvas[-1] + sections[-1][2].size_bound(), xen)
         try:
             with atomic_file(output) as out:
                 result = writer.write(
-                    [pe.NewSection(name, payload, alignment=alignment) for name, _, payload, _ in sections],
+                    [
+                        pe.NewSection(name, payload, alignment=alignment)
+                        for name, _, payload, _ in sections
+                    ],
                     out,
                 )
                 if system.arch is Arch.X86_64:
@@ -143,7 +148,7 @@ def _check_below_4g(system: System, image_end: int, xen: XenEfi) -> None:
     if X86_MIN_LOAD_BASE + image_end > X86_LOAD_LIMIT:
         raise HlimageError(
             f"the image would span {image_end >> 20} MiB; Xen must end below 4 GiB when loaded "
-            "(\"Xen must be loaded below 4Gb\"), so make the payloads smaller (compress the "
+            '("Xen must be loaded below 4Gb"), so make the payloads smaller (compress the '
             "initrd) or use --format esp",
             where=system.source,
         )

@@ -53,7 +53,9 @@ def xen_config(system: System, dom0: Domain | None, files: ModuleFiles) -> XenCo
     if dom0 is not None:
         kernel_line = files.kernel
         if dom0.cmdline:
-            kernel_line += " " + _checked(system, f"{policy.domain_label(dom0)} cmdline", dom0.cmdline)
+            kernel_line += " " + _checked(
+                system, f"{policy.domain_label(dom0)} cmdline", dom0.cmdline
+            )
         section["kernel"] = kernel_line
         if files.ramdisk:
             section["ramdisk"] = files.ramdisk

@@ -50,7 +50,7 @@ def check_domains(system: System) -> None:
             raise fail(
                 system,
                 f'[image] binding: "classic" carries one domain, the description has '
-                f"{len(system.domains)}; use binding = \"auto\" or remove domains",
+                f'{len(system.domains)}; use binding = "auto" or remove domains',
             )
         if not system.domains[0].is_classic_dom0:
             raise fail(

@@ -75,7 +75,10 @@ def _scan(chunks: Iterable[bytes]) -> _ScanResult:
     for chunk in chunks:
         window = overlap + chunk
         result.is_xen = result.is_xen or XEN_BANNER in window
-        for pattern, attribute in ((ARM_COMPATIBLE, "compatible_version"), (VERSION_STRING, "string_version")):
+        for pattern, attribute in (
+            (ARM_COMPATIBLE, "compatible_version"),
+            (VERSION_STRING, "string_version"),
+        ):
             if getattr(result, attribute) is None:
                 match = pattern.search(window)
                 if match:

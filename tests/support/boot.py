@@ -3,6 +3,7 @@ console until every domain's marker has appeared, something fatal shows, or time
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import selectors
@@ -125,10 +126,8 @@ def boot(
                 if len(seen) == len(expected) or found_fatal or stopped_by:
                     # Let a few more lines reach the log before stopping the machine.
                     time.sleep(0.5)
-                    try:
+                    with contextlib.suppress(BlockingIOError, ValueError):
                         output += process.stdout.read() or b""
-                    except (BlockingIOError, ValueError):
-                        pass
                     break
         finally:
             if process.poll() is None:

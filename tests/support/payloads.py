@@ -178,7 +178,8 @@ def dump_arm64_dtb(destination: Path) -> None:
     from hlimage import qemu
 
     destination.parent.mkdir(parents=True, exist_ok=True)
-    argv = qemu.machine_args(qemu.ARM64) + [
+    argv = [
+        *qemu.machine_args(qemu.ARM64),
         "-machine", f"dumpdtb={destination}", "-display", "none", "-nodefaults",
     ]  # fmt: skip
     subprocess.run(argv, check=True, capture_output=True)
