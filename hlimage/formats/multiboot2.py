@@ -91,13 +91,14 @@ def build(architecture: int, tags: bytes = b"") -> bytes:
     body = tags + Tag.build({"type": TAG_END, "flags": 0, "size": 8})
     length = 16 + len(body)
     checksum = -(MAGIC + architecture + length) & 0xFFFFFFFF
-    header = Header.build(
-        {
-            "magic": MAGIC,
-            "architecture": architecture,
-            "header_length": length,
-            "checksum": checksum,
-        }
+    header = bytes(
+        Header.build(
+            {
+                "magic": MAGIC,
+                "architecture": architecture,
+                "header_length": length,
+                "checksum": checksum,
+            }
+        )
     )
-    assert isinstance(header, bytes)
     return header + body
