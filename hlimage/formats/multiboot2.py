@@ -88,7 +88,7 @@ def _tags(head: bytes, start: int, end: int) -> tuple[str, ...]:
 
 def build(architecture: int, tags: bytes = b"") -> bytes:
     """A header with the given raw tags (an END tag is appended); for tests and fixtures."""
-    body = tags + Tag.build({"type": TAG_END, "flags": 0, "size": 8})
+    body = tags + bytes(Tag.build({"type": TAG_END, "flags": 0, "size": 8}))
     length = 16 + len(body)
     checksum = -(MAGIC + architecture + length) & 0xFFFFFFFF
     header = bytes(
