@@ -96,6 +96,17 @@ def inspect(file: Path, as_json: bool, no_digests: bool) -> None:
         click.echo(inspect_module.render(data), nl=False)
 
 
+@cli.command()
+@click.argument("output", type=click.Path(path_type=Path))
+@click.option("--arch", type=click.Choice(["x86_64", "arm64"]), help="Default: from the output.")
+@click.option("--memory", default="2G", show_default=True, help="Guest RAM.")
+def run(output: Path, arch: str | None, memory: str) -> None:
+    """Boot OUTPUT in QEMU, serial console on this terminal (Ctrl-A X quits)."""
+    from hlimage.run import run as run_output
+
+    sys.exit(run_output(output, arch=arch, memory=memory))
+
+
 def main() -> None:
     from hlimage.errors import HlimageError
 

@@ -287,11 +287,11 @@ SECTIONS: Mapping[str, Sequence[Option]] = {
 }
 
 
-def _did_you_mean(word: str, candidates: Sequence[str]) -> str:
+def _did_you_mean(word: str, candidates: Sequence[str], noun: str = "keys") -> str:
     close = difflib.get_close_matches(word, candidates, n=1, cutoff=0.6)
     if close:
         return f'did you mean "{close[0]}"?'
-    return "known keys: " + ", ".join(candidates)
+    return f"known {noun}: " + ", ".join(candidates)
 
 
 def _parse_table(
@@ -338,7 +338,7 @@ def load(path: Path) -> System:
 def from_document(path: Path, document: Mapping[str, Any]) -> System:
     for key in document:
         if key not in SECTIONS:
-            hint = _did_you_mean(key, ["image", "xen", "domain"])
+            hint = _did_you_mean(key, ["image", "xen", "domain"], "sections")
             raise HlimageError(f"[{key}]: unknown section; {hint}", where=path)
     image_table = document.get("image")
     if not isinstance(image_table, dict):

@@ -73,6 +73,7 @@ def command(
     secure_boot: bool = False,
     secure_vars: Path | None = None,
     memory: str = "2G",
+    interactive: bool = False,
 ) -> list[str]:
     """A full QEMU command line. `vars_copy` is a writable copy of the x86 firmware variables
     (see `prepare_vars`); serial goes to stdio."""
@@ -104,7 +105,9 @@ def command(
         else:
             argv += ["-drive", f"if=none,id=esp,{drive}", "-device", "virtio-blk-pci,drive=esp"]
         argv += ["-net", "none"]
-    argv += ["-no-reboot", "-display", "none", "-monitor", "none", "-serial", "stdio"]
+    argv += ["-no-reboot", "-display", "none"]
+    # Interactive runs multiplex QEMU's monitor on the terminal, so Ctrl-A X quits.
+    argv += ["-serial", "mon:stdio"] if interactive else ["-monitor", "none", "-serial", "stdio"]
     return argv
 
 

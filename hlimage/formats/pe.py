@@ -167,10 +167,6 @@ class Section:
         return int(self.header.Characteristics)
 
     @property
-    def virtual_end(self) -> int:
-        return self.virtual_address + max(self.virtual_size, self.raw_size)
-
-    @property
     def loaded_size(self) -> int:
         """What a loader maps: VirtualSize, or the raw size where a linker left it zero."""
         return self.virtual_size or self.raw_size

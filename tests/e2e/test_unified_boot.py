@@ -1,0 +1,47 @@
+"""x86 unified images boot under OVMF to dom0's marker."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from hlimage import qemu
+from tests.conftest import run_cli, write_description
+from tests.support import payloads
+from tests.support.boot import boot
+
+
+def esp_with(image: Path, esp: Path) -> Path:
+    target = esp / "EFI" / "BOOT"
+    target.mkdir(parents=True)
+    image.rename(target / "BOOTX64.EFI")
+    return esp
+
+
+def test_unified_image_boots(
+    qemu_x86: str, x86_system: Path, tmp_path: Path, boot_log: Path
+) -> None:
+    image = tmp_path / "xen.efi"
+    result = run_cli("build", x86_system, "--format", "unified", "-o", image)
+    assert result.code == 0, result.stderr
+    outcome = boot(qemu_x86, qemu.Media(esp_dir=esp_with(image, tmp_path / "esp")), ["dom0"],
+                   log_path=boot_log, timeout=240)  # fmt: skip
+    outcome.check()
+    assert "Using builtin config file" in outcome.output
+    assert "dom0_mem=512M" in outcome.output
+
+
+def test_lz4_initrd_from_two_parts_boots(
+    qemu_x86: str, x86_system: Path, tmp_path: Path, boot_log: Path
+) -> None:
+    """Linux reads LZ4 legacy initramfs; the parts (gzip + zstd) are joined and recompressed."""
+    payloads.make_initramfs("x86_64", "dom0", tmp_path / "extra.zst", compression="zstd")
+    description = x86_system.read_text().replace(
+        'initrd = "initrd.gz"', 'initrd = ["initrd.gz", "extra.zst"]\ninitrd_compression = "lz4"'
+    )
+    path = write_description(tmp_path, description, "lz4.toml")
+    image = tmp_path / "xen.efi"
+    result = run_cli("build", path, "--format", "unified", "-o", image)
+    assert result.code == 0, result.stderr
+    outcome = boot(qemu_x86, qemu.Media(esp_dir=esp_with(image, tmp_path / "esp")), ["dom0"],
+                   log_path=boot_log, timeout=240)  # fmt: skip
+    outcome.check()
