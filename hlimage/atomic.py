@@ -63,8 +63,8 @@ def atomic_file(target: Path) -> Iterator[BinaryIO]:
         # Opened by name so that stream.name is the temporary's path.
         with open(temporary, "w+b") as stream:
             yield stream
-            stream.flush()
-            os.fsync(stream.fileno())
+            # No fsync: the rename protects against a killed build, and forcing gigabytes to
+            # disk would triple the build time; like cp and objcopy, durability is the OS's.
         os.chmod(temporary, 0o666 & ~_umask())
         os.replace(temporary, target)
     except BaseException:

@@ -7,8 +7,10 @@ hashlib drops the GIL) and the PE checksum are computed on the same pass.
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 from abc import ABC, abstractmethod
+from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -25,32 +27,41 @@ CHUNK = 1 << 20
 class ChecksumAccumulator:
     """The PE image checksum (16-bit one's complement sum plus the file length), fed in pieces.
 
-    A byte at an even file offset adds its value, at an odd one 256 times its value; summing
-    exactly and folding once at the end gives the same result as the word-by-word algorithm.
+    Only the sum modulo 0xFFFF matters: a byte at an even file offset adds its value, at an odd
+    one 256 times its value (since 0x10000 = 1 modulo 0xFFFF, so does every 16-bit word, and
+    every 32-bit word is its two halves). Summing 32-bit words with numpy keeps this cheap.
     """
 
     def __init__(self) -> None:
-        self.total = 0
+        self.residue = 0
+        self.nonzero = False
 
     @staticmethod
-    def _weight(offset: int, data: bytes | memoryview) -> int:
+    def _weight(offset: int, data: bytes | bytearray | memoryview) -> int:
         view = memoryview(data).cast("B")
         length = len(view)
-        even = length & ~1
-        total = int(np.frombuffer(view, dtype="<u2", count=even // 2).sum(dtype=np.uint64))
-        if length & 1:
-            total += view[length - 1]
+        whole = length & ~3
+        total = int(np.frombuffer(view, dtype="<u4", count=whole // 4).sum(dtype=np.uint64))
+        for index in range(whole, length):
+            total += view[index] << (8 * (index & 1))
         return total * 256 if offset & 1 else total
 
-    def update(self, offset: int, data: bytes | memoryview) -> None:
-        if len(data):
-            self.total += self._weight(offset, data)
+    def update(self, offset: int, data: bytes | bytearray | memoryview) -> None:
+        weight = self._weight(offset, data)
+        if weight:
+            self.nonzero = True
+            self.residue = (self.residue + weight) % 0xFFFF
 
     def replace(self, offset: int, old: bytes, new: bytes) -> None:
-        self.total += self._weight(offset, new) - self._weight(offset, old)
+        """Bytes already summed at `offset` were overwritten with `new`."""
+        self.residue = (
+            self.residue + self._weight(offset, new) - self._weight(offset, old)
+        ) % 0xFFFF
+        self.nonzero = self.nonzero or any(new)
 
     def finish(self, file_length: int) -> int:
-        folded = 0 if self.total == 0 else (self.total - 1) % 0xFFFF + 1
+        # Folding with end-around carry never gives 0 once anything was non-zero.
+        folded = self.residue or (0xFFFF if self.nonzero else 0)
         return (folded + file_length) & 0xFFFFFFFF
 
 
@@ -79,7 +90,7 @@ class Payload(ABC):
         """The bytes, in order, in pieces of a bounded size."""
 
 
-def _open_input(path: Path) -> BinaryIO:
+def _open_input(path: Path) -> io.BufferedReader:
     try:
         return path.open("rb")
     except OSError as error:
@@ -154,7 +165,10 @@ def copy_stream(
     """Write a payload at the output's current position; return its size and sha256.
 
     `position` is the output offset where the payload starts (for the checksum's byte parity).
+    sha256 runs in a second thread (hashlib releases the GIL), one chunk behind the copy.
     """
+    if isinstance(payload, Region):
+        return _copy_region(payload, out, checksum, position)
     digest = hashlib.sha256()
     size = 0
     pending: Future[None] | None = None
@@ -170,6 +184,44 @@ def copy_stream(
         if pending is not None:
             pending.result()
     return StreamResult(size, digest.hexdigest())
+
+
+RING = 3
+
+
+def _copy_region(
+    region: Region,
+    out: BinaryIO,
+    checksum: ChecksumAccumulator | None,
+    position: int | None,
+) -> StreamResult:
+    """The copy for file data: a ring of reused buffers (no allocation per chunk), each one
+    written and checksummed here while the hasher thread digests it."""
+    digest = hashlib.sha256()
+    ring = [bytearray(CHUNK) for _ in range(RING)]
+    in_flight: deque[Future[None]] = deque()
+    done = 0
+    index = 0
+    with _open_input(region.path) as source, ThreadPoolExecutor(max_workers=1) as hasher:
+        source.seek(region.offset)
+        while done < region.length:
+            if len(in_flight) == RING:
+                in_flight.popleft().result()  # the buffer about to be refilled is hashed
+            buffer = memoryview(ring[index % RING])
+            index += 1
+            wanted = min(CHUNK, region.length - done)
+            count = source.readinto(buffer[:wanted])
+            if not count:
+                raise HlimageError("the file shrank while it was being read", where=region.path)
+            view = buffer[:count]
+            in_flight.append(hasher.submit(digest.update, view))
+            out.write(view)
+            if checksum is not None and position is not None:
+                checksum.update(position + done, view)
+            done += count
+        while in_flight:
+            in_flight.popleft().result()
+    return StreamResult(done, digest.hexdigest())
 
 
 def copy_range(

@@ -159,6 +159,12 @@ def probe_multiboot(path: Path, *, key: str = "[xen] multiboot") -> XenMultiboot
         scan = _scan(decompressed())
     except FormatError as error:
         raise HlimageError(f"{key}: {error}; give an intact xen.gz", where=path) from None
+    if bytes(start[:2]) == b"MZ":
+        raise HlimageError(
+            f"{key}: a PE image, not an ELF; GRUB's multiboot2 loader needs Xen's ELF image: "
+            "give xen.gz or xen, not xen.efi",
+            where=path,
+        )
     header = multiboot2.find(bytes(start))
     if header is None:
         raise HlimageError(
