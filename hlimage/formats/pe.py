@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import BinaryIO
 
 import construct as c
@@ -489,52 +489,10 @@ class PeWriter:
 
         self._move_debug_pointers(out, moves, checksum)
 
-        cursor = self.layout_end()
-        new_headers: list[c.Container] = []
-        initialized = 0
-        for added in new:
-            rva = align_up(cursor, max(image.section_alignment, added.alignment, 1))
-            result: StreamResult = copy_stream(added.payload, out, checksum, position)
-            raw_size = align_up(result.size, file_alignment)
-            _pad(out, raw_size - result.size)
-            header = c.Container(
-                Name=encode_section_name(added.name),
-                VirtualSize=result.size,
-                VirtualAddress=rva,
-                SizeOfRawData=raw_size,
-                PointerToRawData=position if raw_size else 0,
-                PointerToRelocations=0,
-                PointerToLinenumbers=0,
-                NumberOfRelocations=0,
-                NumberOfLinenumbers=0,
-                Characteristics=added.characteristics,
-            )
-            new_headers.append(header)
-            written.append(
-                WrittenSection(added.name, rva, result.size, position, raw_size, result.sha256)
-            )
-            position += raw_size
-            initialized += raw_size
-            cursor = rva + max(result.size, 1)
-
-        all_headers = kept_headers + new_headers
-        end = max(
-            [headers_size]
-            + [
-                int(h.VirtualAddress) + max(int(h.VirtualSize), int(h.SizeOfRawData))
-                for h in all_headers
-            ]
+        new_headers, new_written, position, initialized = _append_sections(
+            new, out, checksum, position, self.layout_end(), image.section_alignment, file_alignment
         )
-        size_of_image = align_up(end, max(image.section_alignment, 1))
-        if size_of_image >= 1 << 32:
-            raise FormatError(
-                f"the image would be 0x{size_of_image:x} bytes: PE images end at 4 GiB"
-            )
-
         optional = c.Container(image.optional)
-        optional.SizeOfImage = size_of_image
-        optional.SizeOfHeaders = headers_size
-        optional.CheckSum = 0
         optional.SizeOfInitializedData = (
             int(image.optional.SizeOfInitializedData) + initialized
         ) & 0xFFFFFFFF
@@ -545,28 +503,21 @@ class PeWriter:
             signature_removed = True
         optional.DataDirectories = directories
         coff = c.Container(image.coff)
-        coff.NumberOfSections = len(all_headers)
         coff.PointerToSymbolTable = 0
         coff.NumberOfSymbols = 0
-
-        headers = bytearray(image.dos)
-        headers += b"PE\0\0"
-        headers += CoffHeader.build(coff)
-        headers += OptionalHeader.build(optional) + image.optional_tail
-        for header in all_headers:
-            headers += SectionHeader.build(header)
-        headers += b"\0" * (headers_size - len(headers))
-        checksum.update(0, bytes(headers))
-        out.seek(0)
-        out.write(headers)
-        total = checksum.finish(position)
-        optional_offset = len(image.dos) + 4 + CoffHeader.sizeof()
-        out.seek(optional_offset + CHECKSUM_OFFSET_IN_OPTIONAL)
-        out.write(struct.pack("<I", total))
-        out.seek(position)
-        out.truncate()
+        size_of_image, total = _finish_headers(
+            out,
+            checksum,
+            dos=image.dos,
+            coff=coff,
+            optional=optional,
+            optional_tail=image.optional_tail,
+            section_headers=kept_headers + new_headers,
+            headers_size=headers_size,
+            file_size=position,
+        )
         return WriteResult(
-            sections=tuple(written),
+            sections=tuple(written + new_written),
             size_of_image=size_of_image,
             size_of_headers=headers_size,
             checksum=total,
@@ -612,6 +563,98 @@ class PeWriter:
         out.seek(0, 2)
 
 
+def _append_sections(
+    new: Sequence[NewSection],
+    out: BinaryIO,
+    checksum: ChecksumAccumulator,
+    position: int,
+    cursor: int,
+    section_alignment: int,
+    file_alignment: int,
+) -> tuple[list[c.Container], list[WrittenSection], int, int]:
+    """Stream new sections' payloads at `position` (file) and after RVA `cursor`.
+
+    Returns their headers, what was written, the new file position and the raw bytes added."""
+    headers: list[c.Container] = []
+    written: list[WrittenSection] = []
+    added_raw = 0
+    for added in new:
+        rva = align_up(cursor, max(section_alignment, added.alignment, 1))
+        result: StreamResult = copy_stream(added.payload, out, checksum, position)
+        raw_size = align_up(result.size, file_alignment)
+        _pad(out, raw_size - result.size)
+        headers.append(
+            c.Container(
+                Name=encode_section_name(added.name),
+                VirtualSize=result.size,
+                VirtualAddress=rva,
+                SizeOfRawData=raw_size,
+                PointerToRawData=position if raw_size else 0,
+                PointerToRelocations=0,
+                PointerToLinenumbers=0,
+                NumberOfRelocations=0,
+                NumberOfLinenumbers=0,
+                Characteristics=added.characteristics,
+            )
+        )
+        written.append(
+            WrittenSection(added.name, rva, result.size, position, raw_size, result.sha256)
+        )
+        position += raw_size
+        added_raw += raw_size
+        cursor = rva + max(result.size, 1)
+    return headers, written, position, added_raw
+
+
+def _finish_headers(
+    out: BinaryIO,
+    checksum: ChecksumAccumulator,
+    *,
+    dos: bytes,
+    coff: c.Container,
+    optional: c.Container,
+    optional_tail: bytes,
+    section_headers: Sequence[c.Container],
+    headers_size: int,
+    file_size: int,
+) -> tuple[int, int]:
+    """Write the headers over the zeros reserved for them; returns (SizeOfImage, CheckSum)."""
+    end = max(
+        [headers_size]
+        + [
+            int(h.VirtualAddress) + (int(h.VirtualSize) or int(h.SizeOfRawData))
+            for h in section_headers
+        ]
+    )
+    size_of_image = align_up(end, max(int(optional.SectionAlignment), 1))
+    if size_of_image >= 1 << 32:
+        raise FormatError(f"the image would be 0x{size_of_image:x} bytes: PE images end at 4 GiB")
+    optional = c.Container(optional)
+    optional.SizeOfImage = size_of_image
+    optional.SizeOfHeaders = headers_size
+    optional.CheckSum = 0
+    coff = c.Container(coff)
+    coff.NumberOfSections = len(section_headers)
+    headers = bytearray(dos)
+    headers += b"PE\0\0"
+    headers += CoffHeader.build(coff)
+    headers += OptionalHeader.build(optional) + optional_tail
+    for header in section_headers:
+        headers += SectionHeader.build(header)
+    if len(headers) > headers_size:
+        raise FormatError(f"headers need 0x{len(headers):x} bytes, more than 0x{headers_size:x}")
+    headers += b"\0" * (headers_size - len(headers))
+    checksum.update(0, bytes(headers))
+    out.seek(0)
+    out.write(headers)
+    total = checksum.finish(file_size)
+    out.seek(len(dos) + 4 + CoffHeader.sizeof() + CHECKSUM_OFFSET_IN_OPTIONAL)
+    out.write(struct.pack("<I", total))
+    out.seek(file_size)
+    out.truncate()
+    return size_of_image, total
+
+
 def _short_name(section: Section) -> bytes:
     """Long names point into the COFF string table, which is not carried over: keep 8 bytes."""
     raw = bytes(section.header.Name)
@@ -625,5 +668,130 @@ def _pad(out: BinaryIO, count: int) -> None:
         out.write(b"\0" * count)
 
 
-def with_name(section: Section, name: str) -> Section:
-    return replace(section, name=name)
+WRAP_HEADERS_SIZE = 0x1000
+WRAP_FILE_ALIGNMENT = 0x200
+WRAP_SECTION_ALIGNMENT = 0x1000
+WRAP_CHARACTERISTICS = 0x0206  # executable, line numbers stripped, no relocs stripped
+
+
+def wrap_image(
+    source: BinaryIO,
+    image: PeImage,
+    new: Sequence[NewSection],
+    out: BinaryIO,
+    *,
+    inner_name: str = ".text",
+) -> WriteResult:
+    """A new PE whose first section is the whole `image` file, followed by new sections.
+
+    For images whose own header has no room for more section headers (arm64 xen.efi's
+    hand-written one). The inner image sits at RVA 0x1000 with its full memory size (BSS
+    included), so code that expects to be loaded at a page boundary with zeroed BSS still is;
+    the entry point moves by 0x1000. Nothing else is relocated: the inner image must be
+    position independent (its relocation directory is not carried over).
+    """
+    inner_rva = WRAP_HEADERS_SIZE
+    first = next((s for s in image.sections if s.characteristics & SCN_CNT_CODE), None)
+    inner_characteristics = (
+        first.characteristics
+        if first is not None
+        else SCN_CNT_CODE | SCN_MEM_READ | SCN_MEM_EXECUTE
+    )
+    checksum = ChecksumAccumulator()
+    out.seek(0)
+    out.truncate()
+    out.write(b"\0" * WRAP_HEADERS_SIZE)
+    position = WRAP_HEADERS_SIZE
+    copy_range(source, 0, image.file_size, out, checksum, position)
+    inner_raw = align_up(image.file_size, WRAP_FILE_ALIGNMENT)
+    _pad(out, inner_raw - image.file_size)
+    inner_size = max(image.size_of_image, image.file_size)
+    inner_header = c.Container(
+        Name=encode_section_name(inner_name),
+        VirtualSize=inner_size,
+        VirtualAddress=inner_rva,
+        SizeOfRawData=inner_raw,
+        PointerToRawData=position,
+        PointerToRelocations=0,
+        PointerToLinenumbers=0,
+        NumberOfRelocations=0,
+        NumberOfLinenumbers=0,
+        Characteristics=inner_characteristics,
+    )
+    written = [WrittenSection(inner_name, inner_rva, inner_size, position, inner_raw, None)]
+    position += inner_raw
+    new_headers, new_written, position, added_raw = _append_sections(
+        new,
+        out,
+        checksum,
+        position,
+        inner_rva + inner_size,
+        WRAP_SECTION_ALIGNMENT,
+        WRAP_FILE_ALIGNMENT,
+    )
+    dos = bytearray(0x40)
+    dos[:2] = b"MZ"
+    struct.pack_into("<I", dos, 0x3C, len(dos))
+    coff = c.Container(
+        Machine=image.machine,
+        NumberOfSections=0,
+        TimeDateStamp=0,
+        PointerToSymbolTable=0,
+        NumberOfSymbols=0,
+        SizeOfOptionalHeader=0,  # set below, once the optional header is built
+        Characteristics=WRAP_CHARACTERISTICS,
+    )
+    optional = c.Container(
+        Magic=PE32PLUS_MAGIC,
+        MajorLinkerVersion=0,
+        MinorLinkerVersion=0,
+        SizeOfCode=inner_raw,
+        SizeOfInitializedData=added_raw,
+        SizeOfUninitializedData=0,
+        AddressOfEntryPoint=int(image.optional.AddressOfEntryPoint) + inner_rva,
+        BaseOfCode=inner_rva,
+        BaseOfData=None,
+        ImageBase=0,
+        SectionAlignment=WRAP_SECTION_ALIGNMENT,
+        FileAlignment=WRAP_FILE_ALIGNMENT,
+        MajorOperatingSystemVersion=0,
+        MinorOperatingSystemVersion=0,
+        MajorImageVersion=int(image.optional.MajorImageVersion),
+        MinorImageVersion=int(image.optional.MinorImageVersion),
+        MajorSubsystemVersion=0,
+        MinorSubsystemVersion=0,
+        Win32VersionValue=0,
+        SizeOfImage=0,
+        SizeOfHeaders=WRAP_HEADERS_SIZE,
+        CheckSum=0,
+        Subsystem=int(image.optional.Subsystem),
+        DllCharacteristics=0,
+        SizeOfStackReserve=0,
+        SizeOfStackCommit=0,
+        SizeOfHeapReserve=0,
+        SizeOfHeapCommit=0,
+        LoaderFlags=0,
+        NumberOfRvaAndSizes=16,
+        DataDirectories=[c.Container(VirtualAddress=0, Size=0) for _ in range(16)],
+    )
+    coff.SizeOfOptionalHeader = len(OptionalHeader.build(optional))
+    size_of_image, total = _finish_headers(
+        out,
+        checksum,
+        dos=bytes(dos),
+        coff=coff,
+        optional=optional,
+        optional_tail=b"",
+        section_headers=[inner_header, *new_headers],
+        headers_size=WRAP_HEADERS_SIZE,
+        file_size=position,
+    )
+    return WriteResult(
+        sections=tuple(written + new_written),
+        size_of_image=size_of_image,
+        size_of_headers=WRAP_HEADERS_SIZE,
+        checksum=total,
+        file_size=position,
+        dropped=(),
+        signature_removed=image.signature is not None,
+    )

@@ -1,7 +1,12 @@
-"""`--format unified`: one PE file, Xen with its config and modules as sections."""
+"""`--format unified`: one PE file, Xen with its config and modules as sections.
+
+x86: sections are added to xen.efi itself. arm64: xen.efi's hand-written header has no room for
+more section headers, so a new PE wraps the whole of it (xen-boot-formats.md 4.5).
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import pefile
@@ -28,6 +33,13 @@ X86_MIN_LOAD_BASE = 2 << 20
 LARGE_PAYLOAD = 256 << 20
 
 
+@dataclass(frozen=True)
+class SectionPlan:
+    name: str
+    role: str
+    payload: Payload
+
+
 def _require_efi(system: System) -> Path:
     if system.xen.efi is None:
         raise HlimageError(
@@ -50,48 +62,49 @@ def probe_xen_efi(system: System) -> XenEfi:
 def build(system: System, output: Path, *, replace: bool = False) -> BuildReport:
     policy.check_domains(system)
     xen = probe_xen_efi(system)
-    if system.arch is Arch.ARM64:
+    if len(system.domains) != 1 or not system.domains[0].is_classic_dom0:
+        if system.arch is Arch.X86_64:
+            formats = "--format grub or grub-standalone (hyperlaunch)"
+        else:
+            formats = "--format esp or disk (domUs are loaded from files beside xen.efi)"
         raise HlimageError(
-            "--format unified for arm64 is not built yet; use --format esp", where=system.source
-        )
-    if len(system.domains) != 1:
-        raise HlimageError(
-            f"[[domain]]: an x86 unified image carries one domain (dom0), the description has "
-            f"{len(system.domains)}; use --format grub or grub-standalone (hyperlaunch) for "
-            "several domains",
+            f"[[domain]]: a unified image carries one domain, dom0, the description has "
+            f"{len(system.domains)} domain(s) ({', '.join(d.name for d in system.domains)}); "
+            f"use {formats}",
             where=system.source,
         )
     dom0 = system.domains[0]
-    sections: list[tuple[str, str, Payload, str]] = []  # (section, role, payload, key)
     kernel = kernel_payload(system, dom0)
     config = efi.xen_config(system, dom0, efi.ModuleFiles(kernel=dom0.kernel.name))
-    sections.append((".config", "config", BytesPayload(config.encode(), "xen.cfg"), "xen.cfg"))
-    sections.append((".kernel", "kernel", kernel, "kernel"))
+    plan = [SectionPlan(".config", "config", BytesPayload(config.encode(), "xen.cfg"))]
+    if system.arch is Arch.ARM64:
+        if system.xen.dtb is not None:
+            plan.append(SectionPlan(".dtb", "dtb", Region(system.xen.dtb)))
+        else:
+            warn(
+                "[xen] dtb is not set: Xen will use the firmware's device tree; firmware that "
+                "publishes only ACPI (EDK2 on QEMU's virt) leaves Xen without one and it hangs"
+            )
+    plan.append(SectionPlan(".kernel", "kernel", kernel))
     ramdisk = initrd_payload(system, dom0)
     if ramdisk is not None:
-        sections.append((".ramdisk", "ramdisk", ramdisk, "initrd"))
+        plan.append(SectionPlan(".ramdisk", "ramdisk", ramdisk))
     if system.xen.xsm is not None:
-        sections.append((".xsm", "xsm", Region(system.xen.xsm), "[xen] xsm"))
+        plan.append(SectionPlan(".xsm", "xsm", Region(system.xen.xsm)))
     if system.xen.ucode is not None:
-        sections.append((".ucode", "ucode", Region(system.xen.ucode), "[xen] ucode"))
-    return write(system, xen, output, sections, replace=replace, alignment=X86_MODULE_ALIGN)
+        plan.append(SectionPlan(".ucode", "ucode", Region(system.xen.ucode)))
+    return write(system, xen, output, plan, replace=replace)
 
 
 def write(
-    system: System,
-    xen: XenEfi,
-    output: Path,
-    sections: list[tuple[str, str, Payload, str]],
-    *,
-    replace: bool,
-    alignment: int,
+    system: System, xen: XenEfi, output: Path, plan: list[SectionPlan], *, replace: bool
 ) -> BuildReport:
-    names = {name for name, _, _, _ in sections}
+    names = {section.name for section in plan}
     present = [name for name in xen.payload_sections if name in names]
-    if present and not replace:
+    if present and (not replace or system.arch is Arch.ARM64):
+        fix = "pass --replace to swap them" if system.arch is Arch.X86_64 else "give the plain one"
         raise HlimageError(
-            f"[xen] efi: already has {', '.join(present)}; give a plain xen.efi, or pass "
-            "--replace to swap them",
+            f"[xen] efi: already has {', '.join(present)}; give a plain xen.efi, or {fix}",
             where=xen.path,
         )
     if xen.signed:
@@ -102,49 +115,50 @@ def write(
     if xen.debug_sections:
         note(f"dropping {len(xen.debug_sections)} debug sections of {xen.path.name}")
 
-    def drop(section: pe.Section) -> bool:
-        return section.is_debug or (replace and section.name in names)
-
-    payload_total = sum(payload.size_bound() for _, _, payload, _ in sections)
+    payload_total = sum(section.payload.size_bound() for section in plan)
     if payload_total > LARGE_PAYLOAD:
         warn(
             f"payloads total {payload_total >> 20} MiB: firmware may load an image this large "
             "above 4 GiB, where Xen refuses to start; 256 MiB is known to boot"
         )
+    new = [pe.NewSection(s.name, s.payload, alignment=X86_MODULE_ALIGN) for s in plan]
     with xen.path.open("rb") as source:
-        writer = pe.PeWriter(source, xen.image, drop=drop)
-        rvas = writer.plan_rvas(
-            [(payload.size_bound(), alignment) for _, _, payload, _ in sections]
-        )
-        if system.arch is Arch.X86_64:
-            _check_below_4g(system, rvas[-1] + sections[-1][2].size_bound(), xen)
         try:
-            with atomic_file(output) as out:
-                result = writer.write(
-                    [
-                        pe.NewSection(name, payload, alignment=alignment)
-                        for name, _, payload, _ in sections
-                    ],
-                    out,
-                )
-                if system.arch is Arch.X86_64:
-                    _check_below_4g(system, result.size_of_image, xen)
-                out.flush()
-                _self_check(out.name, result)
+            if system.arch is Arch.X86_64:
+
+                def drop(section: pe.Section) -> bool:
+                    return section.is_debug or (replace and section.name in names)
+
+                writer = pe.PeWriter(source, xen.image, drop=drop)
+                rvas = writer.plan_rvas([(s.payload.size_bound(), X86_MODULE_ALIGN) for s in plan])
+                _check_below_4g(system, rvas[-1] + plan[-1].payload.size_bound())
+                with atomic_file(output) as out:
+                    result = writer.write(new, out)
+                    _check_below_4g(system, result.size_of_image)
+                    out.flush()
+                    _self_check(out.name, result)
+            else:
+                with atomic_file(output) as out:
+                    result = pe.wrap_image(source, xen.image, new, out)
+                    out.flush()
+                    _self_check(out.name, result)
         except FormatError as error:
             raise HlimageError(f"[xen] efi: {error}", where=xen.path) from None
     report = BuildReport("unified", output)
     by_name = {s.name: s for s in result.sections}
-    for name, role, payload, _ in sections:
-        written = by_name[name]
+    for section in plan:
+        written = by_name[section.name]
         assert written.sha256 is not None
         report.artifacts.append(
-            Artifact(name, role, written.virtual_size, written.sha256, payload.label)
-        )
+            Artifact(
+                section.name, section.role, written.virtual_size, written.sha256,
+                section.payload.label,
+            )
+        )  # fmt: skip
     return report
 
 
-def _check_below_4g(system: System, image_end: int, xen: XenEfi) -> None:
+def _check_below_4g(system: System, image_end: int) -> None:
     if X86_MIN_LOAD_BASE + image_end > X86_LOAD_LIMIT:
         raise HlimageError(
             f"the image would span {image_end >> 20} MiB; Xen must end below 4 GiB when loaded "

@@ -274,7 +274,7 @@ def test_lz4_recompression(x86_system: Path, tmp_path: Path) -> None:
         (("loglvl=all", "loglvl=all dom0_mem=1G"),
          '[[domain]] "dom0" memory and [xen] cmdline both set dom0_mem (512M and 1G); keep one'),
         (('memory = "512M"', 'memory = "512M"\n[[domain]]\nname = "g"\nkernel = "initrd.gz"'),
-         "an x86 unified image carries one domain (dom0), the description has 2; use --format "),
+         "a unified image carries one domain, dom0, the description has 2 domain(s) (dom0, g)"),
     ],
 )  # fmt: skip
 def test_description_errors(
@@ -369,3 +369,55 @@ def test_killed_build_leaves_the_previous_output(x86_system: Path, tmp_path: Pat
     process.send_signal(signal.SIGKILL)
     process.wait()
     assert file_sha256(output) == previous
+
+
+def test_arm64_wrapped_layout(cache: Path, tmp_path: Path) -> None:
+    """xen-boot-formats.md 4.5: Xen whole at RVA 0x1000 with its BSS, payloads page-aligned
+    after it, entry point moved by 0x1000, SizeOfHeaders covering the section table."""
+    payloads.make_initramfs("arm64", "dom0", tmp_path / "initrd.gz")
+    xen_path = cache / "arm64/xen.efi"
+    description = write_description(
+        tmp_path,
+        f"""
+[image]
+arch = "arm64"
+[xen]
+efi = "{xen_path}"
+dtb = "{cache / payloads.ARM64_DTB}"
+[[domain]]
+name = "dom0"
+kernel = "{cache / "arm64/Image"}"
+initrd = "initrd.gz"
+""",
+    )
+    output = tmp_path / "xen-arm64.efi"
+    build(description, output)
+    with xen_path.open("rb") as stream:
+        xen = pe.parse(stream)
+    image = pefile.PE(str(output), fast_load=True)
+    assert image.FILE_HEADER.Machine == pe.MACHINE_ARM64
+    assert image.OPTIONAL_HEADER.SizeOfHeaders == 0x1000
+    assert image.OPTIONAL_HEADER.SectionAlignment == 0x1000
+    assert image.OPTIONAL_HEADER.ImageBase == 0
+    names = [s.Name.rstrip(b"\0").decode() for s in image.sections]
+    assert names == [".text", ".config", ".dtb", ".kernel", ".ramdisk"]
+    inner = image.sections[0]
+    assert inner.VirtualAddress == 0x1000 and inner.Misc_VirtualSize == xen.size_of_image
+    data = output.read_bytes()
+    assert (
+        data[inner.PointerToRawData : inner.PointerToRawData + xen.file_size]
+        == xen_path.read_bytes()
+    )
+    assert (
+        image.OPTIONAL_HEADER.AddressOfEntryPoint == int(xen.optional.AddressOfEntryPoint) + 0x1000
+    )
+    end = 0x1000 + xen.size_of_image
+    for section in image.sections[1:]:
+        assert section.VirtualAddress % 0x1000 == 0 and section.VirtualAddress >= end
+        assert section.PointerToRawData % 0x200 == 0
+        end = section.VirtualAddress + section.Misc_VirtualSize
+    assert image.OPTIONAL_HEADER.SizeOfImage == (end + 0xFFF) & ~0xFFF
+    assert image.OPTIONAL_HEADER.CheckSum == image.generate_checksum()
+    dtb = image.sections[2]
+    start = dtb.PointerToRawData
+    assert data[start : start + dtb.Misc_VirtualSize] == (cache / payloads.ARM64_DTB).read_bytes()

@@ -180,6 +180,8 @@ def dump_arm64_dtb(destination: Path) -> None:
     destination.parent.mkdir(parents=True, exist_ok=True)
     argv = [
         *qemu.machine_args(qemu.ARM64),
+        # With firmware loaded QEMU leaves out the pl061 GPIO, which Xen's dom0 cannot probe.
+        "-bios", str(qemu.AAVMF),
         "-machine", f"dumpdtb={destination}", "-display", "none", "-nodefaults",
     ]  # fmt: skip
     subprocess.run(argv, check=True, capture_output=True)
