@@ -82,6 +82,35 @@ def efi_config(config: Path, embedded: bool) -> None:
 
 
 @cli.command()
+@click.argument("config", type=click.Path(path_type=Path))
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="Where to write the device tree ('-' for stdout).",
+)
+@click.option("--dts", is_flag=True, help="Write DTS source instead of a DTB.")
+def lcm(config: Path, output: Path, dts: bool) -> None:
+    """Write the launch control module: the device tree naming the domains Xen builds.
+
+    x86: the hyperlaunch LCM (multiboot2 module 0). arm64: the host device tree with a
+    `xen,domain` node per dom0less domain.
+    """
+    from hlimage.atomic import atomic_file
+    from hlimage.build import lcm as make_lcm
+    from hlimage.formats import fdt
+
+    blob = make_lcm(_load(config))
+    data = fdt.parse(blob).to_dts().encode() if dts else blob
+    if str(output) == "-":
+        sys.stdout.buffer.write(data)
+        return
+    with atomic_file(output) as out:
+        out.write(data)
+
+
+@cli.command()
 @click.argument("file", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
 @click.option("--no-digests", is_flag=True, help="Skip sha256 of the contents (fast).")

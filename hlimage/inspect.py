@@ -14,6 +14,7 @@ from typing import Any
 from hlimage.errors import FormatError, HlimageError
 from hlimage.formats import pe, xencfg
 from hlimage.inputs import probe_initrd, probe_kernel
+from hlimage.inspect_dt import describe_dtb
 from hlimage.streams import Region
 
 XSM_MAGIC = 0xF97CFF8C
@@ -55,6 +56,8 @@ def _describe_payload(name: str, region: Region) -> dict[str, Any]:
             return {"type": "xsm", "detail": "FLASK policy" if is_flask else "unknown policy"}
         if name == ".ucode":
             return {"type": "microcode", "detail": probe_initrd(region).describe()}
+        if name == ".dtb":
+            return {"type": "device tree", **describe_dtb(region)}
     except FormatError as error:
         return {"type": name.lstrip("."), "detail": f"unreadable: {error}"}
     return {}
@@ -111,15 +114,74 @@ def inspect_pe(path: Path, *, digests: bool = True) -> dict[str, Any]:
 def inspect_path(path: Path, *, digests: bool = True) -> dict[str, Any]:
     if not path.exists():
         raise HlimageError("no such file or directory; give a built image, ESP or DTB", where=path)
-    if path.is_dir():
-        raise HlimageError("is a directory; inspect reads PE images", where=path)
-    head = Region(path).head(8)
-    if head[:2] == b"MZ":
-        try:
+    try:
+        if path.is_dir():
+            return inspect_esp(path, digests=digests)
+        head = Region(path).head(8)
+        if head[:2] == b"MZ":
             return inspect_pe(path, digests=digests)
-        except FormatError as error:
-            raise HlimageError(f"{error}", where=path) from None
-    raise HlimageError("not a format hlimage reads (PE image)", where=path)
+        if head[:4] == FDT_MAGIC:
+            return {"type": "dtb", "path": str(path), **describe_dtb(Region(path))}
+    except FormatError as error:
+        raise HlimageError(f"{error}", where=path) from None
+    raise HlimageError(
+        "not a format hlimage reads (PE image, device tree, ESP directory)", where=path
+    )
+
+
+FDT_MAGIC = bytes.fromhex("d00dfeed")
+
+
+def inspect_esp(root: Path, *, digests: bool = True) -> dict[str, Any]:
+    """An ESP tree: its files, the xen.cfg Xen reads and the domains it boots."""
+    boot = root / "EFI" / "BOOT"
+    loader = next((boot / n for n in ("BOOTX64.EFI", "BOOTAA64.EFI") if (boot / n).is_file()), None)
+    if loader is None:
+        raise HlimageError(
+            "no EFI/BOOT/BOOTX64.EFI or BOOTAA64.EFI; inspect reads ESP trees", where=root
+        )
+    files = []
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        entry: dict[str, Any] = {
+            "path": path.relative_to(root).as_posix(),
+            "size": path.stat().st_size,
+        }
+        if digests:
+            entry["sha256"] = _digest(Region(path))
+        files.append(entry)
+    result: dict[str, Any] = {
+        "type": "esp",
+        "path": str(root),
+        "loader": loader.name,
+        "files": files,
+    }
+    cfg = loader.with_suffix(".cfg")
+    if cfg.is_file():
+        text = cfg.read_text("ascii", "replace")
+        parsed = xencfg.parse(text)
+        result["config"] = {"name": cfg.name, "text": text, "parsed": parsed}
+        section = parsed.get(parsed.get("global", {}).get("default", ""), {})
+        modules = {}
+        kernel = section.get("kernel")
+        if kernel:
+            name, _ = xencfg.split_kernel_line(kernel)
+            modules["kernel"] = _describe_file(boot / name, ".kernel")
+        for key, kind in (
+            ("ramdisk", ".ramdisk"),
+            ("xsm", ".xsm"),
+            ("ucode", ".ucode"),
+            ("dtb", ".dtb"),
+        ):
+            if section.get(key):
+                modules[key] = _describe_file(boot / section[key].strip(), kind)
+        result["modules"] = modules
+    return result
+
+
+def _describe_file(path: Path, kind: str) -> dict[str, Any]:
+    if not path.is_file():
+        return {"file": path.name, "detail": "missing"}
+    return {"file": path.name, **_describe_payload(kind, Region(path))}
 
 
 def render(data: dict[str, Any]) -> str:
@@ -149,4 +211,27 @@ def render(data: dict[str, Any]) -> str:
                     lines.append(f"      {payload['type']}: {payload['detail']}")
                 for domain in payload.get("domains", []):
                     lines.append(f"      domain {domain['name']}: {domain['summary']}")
+    elif data["type"] == "dtb":
+        lines.append(f"{data['path']}: {data['kind']}")
+        _render_domains(data, lines)
+    elif data["type"] == "esp":
+        lines.append(f"{data['path']}: ESP, loader EFI/BOOT/{data['loader']}")
+        for entry in data["files"]:
+            lines.append(f"  {entry['path']:<40} {entry['size']:>12}  {entry.get('sha256', '')}")
+        config = data.get("config")
+        if config:
+            lines.append(f"  {config['name']}:")
+            lines += [f"      | {line}" for line in config["text"].rstrip("\n").splitlines()]
+        for key, module in data.get("modules", {}).items():
+            lines.append(
+                f"  {key}: {module['file']}: {module.get('detail', module.get('type', ''))}"
+            )
+            _render_domains(module, lines)
     return "\n".join(lines) + "\n"
+
+
+def _render_domains(data: dict[str, Any], lines: list[str]) -> None:
+    for domain in data.get("domains", []):
+        lines.append(f"      domain {domain['name']}: {domain['summary']}")
+    for module in data.get("dom0_modules", []):
+        lines.append(f"      dom0 module {module['node']}: {module['kind']}")

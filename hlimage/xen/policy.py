@@ -6,7 +6,7 @@ Each check says which rule and why, naming the description key to change.
 from __future__ import annotations
 
 from hlimage.errors import HlimageError
-from hlimage.model import Arch, Binding, Domain, System
+from hlimage.model import Arch, Binding, Capability, Domain, System
 
 X86_UNIFIED_MODULES = ("kernel", "ramdisk", "xsm", "ucode")
 
@@ -107,3 +107,54 @@ def format_xen_size(size: int) -> str:
         if size % unit == 0:
             return f"{size // unit}{suffix}"
     return f"{size}B"
+
+
+# What Xen releases read (xen-boot-formats.md 3.3, 2.3): feature -> first release.
+FIRST_RELEASE = {
+    "dom0less": (4, 12),
+    "xen,uefi-binary": (4, 16),
+    "xen,enhanced": (4, 17),
+    "llc-colors": (4, 20),
+    "capabilities": (4, 21),
+}
+
+
+def check_reads(
+    system: System, version: tuple[int, int] | None, feature: str, key: str, *, xen_key: str
+) -> None:
+    """Refuse a description that needs what the named Xen cannot read."""
+    first = FIRST_RELEASE[feature]
+    if version is None:
+        return
+    if version < first:
+        raise fail(
+            system,
+            f"{key}: Xen {version[0]}.{version[1]} ({xen_key}) does not read {feature} "
+            f"(Xen {first[0]}.{first[1]} and newer do); remove it or use a newer Xen",
+        )
+
+
+def check_dom0less_domain(system: System, domain: Domain) -> None:
+    """The Arm binding's own rules (docs/misc/arm/device-tree/booting.txt)."""
+    label = domain_label(domain)
+    if domain.vcpus is None:
+        raise fail(system, f"{label} vcpus: is missing; Xen panics without 'cpus', add vcpus = 1")
+    if domain.memory is None:
+        raise fail(system, f'{label} memory: is missing; add memory = "256M"')
+    if domain.direct_map and not domain.static_mem:
+        raise fail(
+            system,
+            f"{label} direct_map: needs static_mem (Xen panics otherwise); add static_mem",
+        )
+    if domain.is_hardware_domain and domain.passthrough is not None:
+        raise fail(system, f"{label} passthrough: not allowed on the hardware domain; remove it")
+    if domain.is_hardware_domain and domain.passthrough_dtb is not None:
+        raise fail(
+            system, f"{label} passthrough_dtb: not allowed on the hardware domain; remove it"
+        )
+    if domain.is_hardware_domain and domain.nr_spis is not None:
+        raise fail(system, f"{label} nr_spis: not allowed on the hardware domain; remove it")
+    xenstore = [d for d in system.domains if Capability.XENSTORE in d.capabilities]
+    if len(xenstore) > 1:
+        names = ", ".join(f'"{d.name}"' for d in xenstore)
+        raise fail(system, f"capabilities: {names} all have 'xenstore'; give it to one domain")

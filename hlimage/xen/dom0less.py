@@ -1,0 +1,153 @@
+"""The Arm dom0less binding: domains as `xen,domain` nodes under /chosen of the host device
+tree (docs/misc/arm/device-tree/booting.txt; xen-boot-formats.md 3.2-3.4).
+
+On UEFI, module nodes name their files with `xen,uefi-binary`; Xen's EFI stub reads them from
+xen.efi's directory and writes `reg` itself. A classic dom0 (all capabilities) comes through
+xen.cfg instead, so that the same ESP also carries its command line.
+"""
+
+from __future__ import annotations
+
+from hlimage.errors import FormatError, HlimageError
+from hlimage.formats import fdt
+from hlimage.model import Capability, Domain, System
+from hlimage.xen import modules as boot_modules
+from hlimage.xen import policy
+from hlimage.xen.modules import Module
+
+CAPABILITY_BITS = {Capability.CONTROL: 1, Capability.HARDWARE: 2, Capability.XENSTORE: 4}
+# Two cells each: Xen's EFI stub writes each module's `reg` with the domain node's cells, and
+# RAM above 4 GiB would not fit in one.
+ADDRESS_CELLS = 2
+SIZE_CELLS = 2
+XEN_KEY = "[xen] efi"
+
+
+def capability_mask(domain: Domain) -> int:
+    return sum(CAPABILITY_BITS[c] for c in domain.capabilities)
+
+
+def host_tree(system: System) -> fdt.DeviceTree:
+    if system.xen.dtb is None:
+        raise HlimageError(
+            "[xen] dtb: needed for dom0less domains: the host device tree the domain nodes are "
+            "added to (QEMU: -machine dumpdtb=FILE)",
+            where=system.source,
+        )
+    try:
+        return fdt.parse(system.xen.dtb.read_bytes())
+    except FormatError as error:
+        raise HlimageError(
+            f"[xen] dtb: {error}; give a device tree blob", where=system.xen.dtb
+        ) from None
+    except OSError as error:
+        raise HlimageError(
+            f"[xen] dtb: cannot read: {error.strerror}", where=system.xen.dtb
+        ) from None
+
+
+def dt_domains(system: System) -> list[Domain]:
+    """The domains that become device-tree nodes: every one but a classic dom0."""
+    return [d for d in system.domains if not d.is_classic_dom0]
+
+
+def _cells(address: int, size: int) -> bytes:
+    return fdt.cells(address >> 32, address & 0xFFFFFFFF, size >> 32, size & 0xFFFFFFFF)
+
+
+def add_domains(
+    system: System,
+    tree: fdt.DeviceTree,
+    modules: list[Module],
+    version: tuple[int, int] | None,
+) -> None:
+    """Add a `xen,domain` node per domain to /chosen, modules located by `xen,uefi-binary`."""
+    chosen = tree.ensure("/chosen")
+    domains = dt_domains(system)
+    if domains:
+        policy.check_reads(system, version, "dom0less", "[[domain]]", xen_key=XEN_KEY)
+        policy.check_reads(system, version, "xen,uefi-binary", "[[domain]]", xen_key=XEN_KEY)
+    for domain in domains:
+        policy.check_dom0less_domain(system, domain)
+        label = policy.domain_label(domain)
+        if chosen.child(domain.name) is not None:
+            raise HlimageError(
+                f"{label} name: [xen] dtb already has a /chosen/{domain.name} node; rename the "
+                "domain or remove the node",
+                where=system.source,
+            )
+        assert domain.memory is not None and domain.vcpus is not None
+        node = fdt.Node(domain.name)
+        node.set("compatible", fdt.string("xen,domain"))
+        node.set("#address-cells", fdt.u32(ADDRESS_CELLS))
+        node.set("#size-cells", fdt.u32(SIZE_CELLS))
+        node.set("memory", fdt.u64(domain.memory // 1024))
+        node.set("cpus", fdt.u32(domain.vcpus))
+        if domain.capabilities:
+            policy.check_reads(
+                system, version, "capabilities", f"{label} capabilities", xen_key=XEN_KEY
+            )
+            node.set("capabilities", fdt.u32(capability_mask(domain)))
+        if domain.vpl011:
+            node.set("vpl011", fdt.empty())
+        if domain.enhanced is not None:
+            policy.check_reads(
+                system, version, "xen,enhanced", f"{label} enhanced", xen_key=XEN_KEY
+            )
+            node.set("xen,enhanced", fdt.string(domain.enhanced))
+        if domain.passthrough is not None:
+            node.set("passthrough", fdt.string(domain.passthrough))
+        if domain.nr_spis is not None:
+            node.set("nr_spis", fdt.u32(domain.nr_spis))
+        if domain.static_mem:
+            node.set(
+                "xen,static-mem",
+                b"".join(_cells(r.address, r.size) for r in domain.static_mem),
+            )
+        if domain.direct_map:
+            node.set("direct-map", fdt.empty())
+        if domain.colors is not None:
+            policy.check_reads(system, version, "llc-colors", f"{label} colors", xen_key=XEN_KEY)
+            node.set("llc-colors", fdt.string(domain.colors))
+        if domain.cpupool is not None:
+            node.set("domain-cpupool", fdt.u32(_cpupool_phandle(system, tree, domain)))
+        for module in modules:
+            if module.domain == domain:
+                node.add_child(_module_node(module))
+        chosen.add_child(node)
+
+
+MODULE_COMPATIBLE = {
+    boot_modules.KERNEL: ("kernel", "multiboot,kernel"),
+    boot_modules.RAMDISK: ("ramdisk", "multiboot,ramdisk"),
+    boot_modules.PASSTHROUGH_DTB: ("device-tree", "multiboot,device-tree"),
+}
+
+
+def _module_node(module: Module) -> fdt.Node:
+    name, compatible = MODULE_COMPATIBLE[module.role]
+    node = fdt.Node(name)
+    node.set("compatible", fdt.strings([compatible, "multiboot,module"]))
+    node.set("xen,uefi-binary", fdt.string(module.file_name))
+    if module.role == boot_modules.KERNEL and module.cmdline:
+        node.set("bootargs", fdt.string(module.cmdline))
+    return node
+
+
+def _cpupool_phandle(system: System, tree: fdt.DeviceTree, domain: Domain) -> int:
+    """`cpupool` names a `xen,cpupool` node under /chosen of the host device tree."""
+    chosen = tree.ensure("/chosen")
+    pool = chosen.child(domain.cpupool or "")
+    compatible = fdt.as_strings(pool.get("compatible") or b"\0") if pool is not None else []
+    if pool is None or "xen,cpupool" not in compatible:
+        raise HlimageError(
+            f"{policy.domain_label(domain)} cpupool: [xen] dtb has no /chosen/{domain.cpupool} "
+            'node with compatible "xen,cpupool"; add the pool to the host device tree',
+            where=system.source,
+        )
+    existing = pool.get("phandle")
+    if existing is not None:
+        return fdt.as_u32(existing)
+    handle = tree.allocate_phandle()
+    pool.set("phandle", fdt.u32(handle))
+    return handle

@@ -1,0 +1,130 @@
+"""The boot modules a description needs, in the order Xen takes them, with the file names the
+directory outputs (ESP, GRUB, PXE) give them.
+
+One list serves every output: the ESP writes the files, xen.cfg and the device tree name
+them, GRUB loads them in this order and the hyperlaunch LCM refers to them by index.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from hlimage.model import Domain, System
+from hlimage.payloads import initrd_payload, kernel_payload
+from hlimage.streams import Payload, Region
+
+KERNEL = "kernel"
+RAMDISK = "ramdisk"
+PASSTHROUGH_DTB = "device-tree"
+XSM = "xsm"
+UCODE = "ucode"
+
+
+@dataclass(frozen=True)
+class Module:
+    role: str
+    """kernel, ramdisk, device-tree (a domU's passthrough DT), xsm, ucode."""
+    payload: Payload
+    file_name: str
+    """Name inside a directory output; unique, ASCII, no directory part."""
+    domain: Domain | None = None
+    cmdline: str = ""
+
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._+-]")
+
+
+def _safe(name: str) -> str:
+    return _UNSAFE.sub("_", name) or "file"
+
+
+class _Namer:
+    """File names for modules: the input's own name where it is free, the domain's name in
+    front where two different inputs share one, and one file for one input used twice (Xen's
+    EFI loader reads a file once per name)."""
+
+    RESERVED = frozenset({"xen.dtb", "BOOTX64.EFI", "BOOTX64.cfg", "BOOTAA64.EFI", "BOOTAA64.cfg"})
+
+    def __init__(self) -> None:
+        self.by_source: dict[Path, str] = {}
+        self.used: set[str] = {name.lower() for name in self.RESERVED}
+
+    def name(self, preferred: str, prefix: str, source: Path | None) -> str:
+        if source is not None and source in self.by_source:
+            return self.by_source[source]
+        candidate = _safe(preferred)
+        if candidate.lower() in self.used:
+            candidate = f"{prefix}-{candidate}"
+        base, number = candidate, 2
+        while candidate.lower() in self.used:  # FAT names compare without case
+            candidate = f"{base}-{number}"
+            number += 1
+        self.used.add(candidate.lower())
+        if source is not None:
+            self.by_source[source] = candidate
+        return candidate
+
+
+def _source(payload: Payload) -> Path | None:
+    if isinstance(payload, Region) and payload.offset == 0:
+        return payload.path.resolve()
+    return None
+
+
+def domain_modules(system: System, domain: Domain, namer: _Namer | None = None) -> list[Module]:
+    """A domain's kernel, initrd and passthrough device tree, probed (errors name the key)."""
+    namer = namer or _Namer()
+    prefix = _safe(domain.name)
+    kernel = kernel_payload(system, domain)
+    modules = [
+        Module(
+            KERNEL,
+            kernel,
+            namer.name(domain.kernel.name, prefix, _source(kernel)),
+            domain,
+            domain.cmdline,
+        )
+    ]
+    ramdisk = initrd_payload(system, domain)
+    if ramdisk is not None:
+        if len(domain.initrd) == 1 and domain.initrd_compression is None:
+            preferred = domain.initrd[0].name
+        else:
+            preferred = f"{prefix}-initrd" + (".lz4" if domain.initrd_compression else ".img")
+        modules.append(
+            Module(RAMDISK, ramdisk, namer.name(preferred, prefix, _source(ramdisk)), domain)
+        )
+    if domain.passthrough_dtb is not None:
+        payload = Region(domain.passthrough_dtb)
+        name = namer.name(domain.passthrough_dtb.name, prefix, _source(payload))
+        modules.append(Module(PASSTHROUGH_DTB, payload, name, domain))
+    return modules
+
+
+def xen_modules(system: System, namer: _Namer | None = None) -> list[Module]:
+    """XSM policy and microcode, which Xen claims itself (by magic, or `ucode=`)."""
+    namer = namer or _Namer()
+    modules = []
+    for role, path in ((XSM, system.xen.xsm), (UCODE, system.xen.ucode)):
+        if path is not None:
+            payload = Region(path)
+            modules.append(Module(role, payload, namer.name(path.name, "xen", _source(payload))))
+    return modules
+
+
+def all_modules(system: System) -> list[Module]:
+    """Every domain's modules in description order, then Xen's own."""
+    namer = _Namer()
+    modules = []
+    for domain in system.domains:
+        modules += domain_modules(system, domain, namer)
+    return modules + xen_modules(system, namer)
+
+
+def find(modules: list[Module], role: str, domain: Domain | None = None) -> Module | None:
+    for module in modules:
+        if module.role == role and module.domain == domain:
+            return module
+    return None

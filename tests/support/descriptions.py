@@ -1,0 +1,86 @@
+"""Descriptions the tests build from the cached Debian payloads, with marker initramfs images."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from tests.support import payloads
+
+X86_XEN_CMDLINE = "console=com1 com1=115200,8n1 loglvl=all guest_loglvl=all noreboot"
+ARM64_XEN_CMDLINE = "console=dtuart loglvl=all guest_loglvl=all"
+
+
+@dataclass(frozen=True)
+class Guest:
+    name: str
+    memory: str = "192M"
+    vcpus: int | None = 1
+    extra: str = "vpl011 = true\n"
+
+
+def arm64(
+    directory: Path,
+    guests: list[Guest],
+    *,
+    dom0: bool = True,
+    name: str = "hlimage.toml",
+    xen_extra: str = "",
+) -> Path:
+    """dom0 (optional) plus dom0less guests, each with its own marker initramfs."""
+    cache = payloads.CACHE
+    text = f"""[image]
+arch = "arm64"
+
+[xen]
+efi = "{cache / "arm64/xen.efi"}"
+dtb = "{cache / payloads.ARM64_DTB}"
+cmdline = "{ARM64_XEN_CMDLINE}"
+{xen_extra}
+"""
+    domains = ([Guest("dom0", "512M", None, "")] if dom0 else []) + guests
+    for guest in domains:
+        initrd = directory / f"{guest.name}.cpio.gz"
+        if not initrd.exists():
+            payloads.make_initramfs("arm64", guest.name, initrd)
+        console = "console=hvc0 earlycon=xenboot" if guest.name == "dom0" else "console=ttyAMA0"
+        text += f"""
+[[domain]]
+name = "{guest.name}"
+kernel = "{cache / "arm64/Image"}"
+initrd = "{initrd.name}"
+cmdline = "{console}"
+memory = "{guest.memory}"
+"""
+        if guest.vcpus is not None:
+            text += f"vcpus = {guest.vcpus}\n"
+        text += guest.extra
+    path = directory / name
+    path.write_text(text)
+    return path
+
+
+def x86_classic(directory: Path, *, name: str = "hlimage.toml", extra: str = "") -> Path:
+    cache = payloads.CACHE
+    initrd = directory / "dom0.cpio.gz"
+    if not initrd.exists():
+        payloads.make_initramfs("x86_64", "dom0", initrd)
+    path = directory / name
+    path.write_text(
+        f"""[image]
+arch = "x86_64"
+
+[xen]
+efi = "{cache / "x86_64/xen.efi"}"
+multiboot = "{cache / "x86_64/xen.gz"}"
+cmdline = "{X86_XEN_CMDLINE}"
+
+[[domain]]
+name = "dom0"
+kernel = "{cache / "x86_64/vmlinuz"}"
+initrd = "{initrd.name}"
+cmdline = "console=hvc0 earlyprintk=xen"
+memory = "512M"
+{extra}"""
+    )
+    return path
