@@ -1,0 +1,109 @@
+"""`--format pxe`: a TFTP/HTTP root whose boot file a UEFI PXE or HTTP client loads.
+
+Before Xen 4.22, xen.efi loaded over the network stops at once ("Couldn't obtain the File
+System Protocol Interface": it asks for a file system before looking at its own sections,
+qemu-boot.md), so the boot file is a one-file GRUB image with everything in its memdisk. With
+4.22 and newer, a unified xen.efi is the boot file itself.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+from hlimage.atomic import atomic_directory
+from hlimage.errors import HlimageError
+from hlimage.messages import note
+from hlimage.model import Arch, System
+from hlimage.report import Artifact, BuildReport
+from hlimage.streams import file_sha256
+from hlimage.xen.probe import probe_efi
+
+# xen-devel fixed the EFI loader's file-system lookup for 4.22.
+UNIFIED_OVER_NETWORK = (4, 22)
+CLIENT_ARCH = {Arch.X86_64: 7, Arch.ARM64: 11}  # DHCP option 93 (RFC 4578, IANA)
+
+
+def boot_file_name(arch: Arch) -> str:
+    return f"boot{arch.efi_suffix.lower()}.efi"
+
+
+def readme(system: System, boot_file: str, how: str) -> str:
+    arch = CLIENT_ARCH[system.arch]
+    service = "x86-64_EFI" if system.arch is Arch.X86_64 else "ARM64_EFI"
+    return f"""A network boot root made by hlimage for {system.name} ({system.arch.value}).
+
+Boot file: {boot_file} ({how}). Serve the directory by TFTP or HTTP.
+
+dnsmasq as DHCP proxy and TFTP server next to an existing DHCP server (replace the subnet):
+
+  dnsmasq --no-daemon --port=0 --enable-tftp --tftp-root="$PWD" \\
+    --dhcp-range=192.0.2.0,proxy --dhcp-match=set:efi,option:client-arch,{arch} \\
+    --pxe-service=tag:efi,{service},"hlimage",{boot_file}
+
+UEFI HTTP boot: point the firmware (or DHCP option 67 with vendor class HTTPClient) at
+
+  http://SERVER/PATH/{boot_file}
+
+QEMU (user networking, no disk): -netdev user,id=n0,tftp=DIR,bootfile={boot_file}
+  -device virtio-net-pci,netdev=n0,romfile=
+"""
+
+
+def _through_unified(system: System) -> bool:
+    """Whether the boot file is a unified xen.efi (Xen 4.22+) rather than GRUB."""
+    xen_version = probe_efi(system.xen.efi).version if system.xen.efi is not None else None
+    return (
+        system.arch is Arch.X86_64
+        and xen_version is not None
+        and xen_version >= UNIFIED_OVER_NETWORK
+        and len(system.domains) == 1
+    )
+
+
+def _check_grub_route(system: System) -> None:
+    if system.arch is Arch.X86_64 and system.xen.multiboot is None:
+        raise HlimageError(
+            "[xen] multiboot: a PXE tree for Xen before 4.22 boots through GRUB, which "
+            'loads Xen\'s ELF image; add multiboot = "xen.gz"',
+            where=system.source,
+        )
+
+
+def check(system: System) -> None:
+    """Everything build does before it writes."""
+    if _through_unified(system):
+        from hlimage.outputs import unified
+
+        unified.check(system)
+        return
+    from hlimage.xen import grub
+
+    _check_grub_route(system)
+    grub.stanza(system)
+
+
+def build(system: System, output: Path, *, grub_lib: Path | None = None) -> BuildReport:
+    boot_file = boot_file_name(system.arch)
+    report = BuildReport("pxe", output)
+    with atomic_directory(output) as temporary:
+        if _through_unified(system):
+            from hlimage.outputs import unified
+
+            inner = unified.build(system, temporary / boot_file)
+            how = "a unified xen.efi"
+        else:
+            from hlimage.outputs import grub
+
+            _check_grub_route(system)
+            inner = grub.build_standalone(system, temporary / boot_file, lib=grub_lib)
+            how = "GRUB with Xen and every module in its memdisk"
+            note(f"{boot_file}: {how} (xen.efi over the network needs Xen 4.22)")
+        (temporary / "README.txt").write_text(readme(system, boot_file, how))
+        boot = temporary / boot_file
+        report.artifacts = [
+            Artifact(boot_file, "boot", boot.stat().st_size, file_sha256(boot), how),
+            # What the boot file carries, named as inside it.
+            *(replace(item, name=f"{boot_file}:{item.name}") for item in inner.artifacts),
+        ]
+    return report
