@@ -1,0 +1,193 @@
+"""`--format disk`: a GPT disk image whose one EFI System Partition holds the `esp` tree.
+
+`dd` it to a USB stick. The partition starts at 1 MiB; its FAT volume is written front to back
+by the FAT writer, file data streamed straight into its clusters, so no loop device, root or
+mkfs is needed. Free space is left as holes: the image is sparse.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import BinaryIO
+
+from hlimage.atomic import TEMP_MARK, atomic_file
+from hlimage.errors import FormatError, HlimageError
+from hlimage.formats import fat, gpt
+from hlimage.model import System
+from hlimage.outputs import esp
+from hlimage.report import Artifact, BuildReport
+from hlimage.streams import Payload, Region, copy_stream
+
+MIB = 1 << 20
+LABEL = "HLIMAGE"
+PARTITION_NAME = "EFI System Partition"
+# What follows the last partition: the backup entry array and the backup header.
+BACKUP_GPT_BYTES = (gpt.entry_array_sectors(gpt.SECTOR) + 1) * gpt.SECTOR
+
+
+def source_date_epoch() -> int:
+    """The time every FAT entry carries: SOURCE_DATE_EPOCH, or 0 (FAT's floor, 1980) unset."""
+    text = os.environ.get("SOURCE_DATE_EPOCH", "").strip()
+    if not text:
+        return 0
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise HlimageError(
+            f"SOURCE_DATE_EPOCH={text!r}: not a unix time; set it to whole seconds since 1970 "
+            "or unset it"
+        )
+    return value
+
+
+def _human(size: int) -> str:
+    """A size as --size takes it: the largest unit that divides it."""
+    for suffix, unit in (("T", 1 << 40), ("G", 1 << 30), ("M", MIB), ("K", 1 << 10)):
+        if size % unit == 0:
+            return f"{size // unit}{suffix}"
+    return str(size)
+
+
+def volume_size_for(disk_size: int) -> int:
+    """The FAT volume a disk of `disk_size` bytes holds: from 1 MiB (after the protective MBR
+    and primary GPT) to the last whole MiB before the backup GPT. A volume of whole MiBs keeps
+    mtools' fake geometry (64 heads, 32 sectors) in whole tracks."""
+    return max(0, (disk_size - MIB - BACKUP_GPT_BYTES) // MIB * MIB)
+
+
+@contextlib.contextmanager
+def _sized(files: Sequence[esp.EspFile], output: Path) -> Iterator[list[tuple[str, Payload]]]:
+    """(path, payload) pairs whose sizes are all known.
+
+    The FAT writer puts a file's size in its directory entry before its data, so a payload
+    whose size is known only once produced (an initrd recompressed to LZ4) is spooled to a
+    file beside the output first, never to memory; a killed build's spool is cleaned up like
+    any other temporary of that output.
+    """
+    if all(item.payload.exact_size is not None for item in files):
+        yield [(item.path, item.payload) for item in files]
+        return
+    with tempfile.TemporaryDirectory(
+        dir=output.parent, prefix=f".{output.name}.", suffix=TEMP_MARK
+    ) as scratch:
+        sized: list[tuple[str, Payload]] = []
+        for index, item in enumerate(files):
+            payload = item.payload
+            if payload.exact_size is None:
+                spool = Path(scratch) / str(index)
+                with spool.open("wb") as out:
+                    copy_stream(payload, out)
+                payload = Region(spool, label=payload.label)
+            sized.append((item.path, payload))
+        yield sized
+
+
+def least_disk_size(files: Sequence[tuple[str, Payload]]) -> int:
+    """The smallest --size whose volume (`volume_size_for`) holds the files, in whole MiB."""
+    smallest = fat.plan(files, headroom=0, label=LABEL).size
+    # The MiB in front of the partition, and one more for the backup GPT behind it.
+    return -(-smallest // MIB) * MIB + 2 * MIB
+
+
+def plan_volume(files: Sequence[tuple[str, Payload]], size: int | None) -> tuple[fat.Plan, int]:
+    """The FAT volume and the disk's size: from the content with headroom, or `size`."""
+    if size is None:
+        volume = fat.plan(files, label=LABEL)
+        return volume, gpt.layout([volume.size]).disk_size
+    if size <= 0 or size % gpt.SECTOR:
+        raise HlimageError(
+            f"--size {size}: a disk is whole {gpt.SECTOR}-byte sectors; give a size with a K, M "
+            "or G suffix, like 256M"
+        )
+    least = least_disk_size(files)
+    if size < least:
+        raise HlimageError(
+            f"--size {_human(size)}: too small for the ESP's {len(files)} files; the disk needs at "
+            f"least {_human(least)}: give --size {_human(least)} or more, or leave --size out"
+        )
+    try:
+        volume = fat.plan(files, size=volume_size_for(size), label=LABEL)
+    except FormatError as error:
+        raise HlimageError(f"--size {_human(size)}: {error}; choose another --size") from None
+    return volume, size
+
+
+def _identity(disk_size: int, written: Sequence[fat.WrittenFile]) -> list[bytes]:
+    """What the GUIDs and the volume id are derived from: the disk's size and each file's path
+    and digest, which the write has just computed (deriving them first would read every input
+    twice)."""
+    parts = [b"hlimage disk", disk_size.to_bytes(8, "little")]
+    for item in written:
+        parts.append(f"{item.path}\0{item.size}\0{item.sha256}".encode())
+    return parts
+
+
+def _set_volume_id(out: BinaryIO, offset: int, fat_type: int, volume_id: int) -> None:
+    """Put the volume id into the boot sector (and FAT32's backup copy, which must match)."""
+    structure = fat.BootSector32 if fat_type == 32 else fat.BootSector16
+    sectors = (0, fat.FAT32_BACKUP_BOOT_SECTOR) if fat_type == 32 else (0,)
+    for sector in sectors:
+        position = offset + sector * fat.SECTOR
+        out.seek(position)
+        boot = structure.parse(out.read(fat.SECTOR))
+        if fat_type == 32:
+            boot.fat32.volume_id = volume_id
+        else:
+            boot.volume_id = volume_id
+        out.seek(position)
+        out.write(structure.build(boot))
+
+
+def write(
+    out: BinaryIO, volume: fat.Plan, disk_size: int, *, timestamp: int
+) -> tuple[gpt.Partition, tuple[fat.WrittenFile, ...]]:
+    """Write the disk into `out`, a new empty file: FAT volume first, then the GPT, whose
+    GUIDs depend on the digests the FAT write computes."""
+    extent = gpt.layout([volume.size]).extents[0]
+    # The writer leaves free clusters alone: in a fresh file they are holes that read as zeros.
+    out.truncate(disk_size)
+    written = fat.write(out, extent.offset, volume, timestamp=timestamp)
+    identity = _identity(disk_size, written)
+    volume_id = int.from_bytes(gpt.guid_from(b"volume id", *identity).bytes[:4], "little")
+    _set_volume_id(out, extent.offset, volume.fat_type, volume_id)
+    partition = gpt.Partition.at(
+        extent, gpt.ESP_TYPE, gpt.guid_from(b"partition", *identity), PARTITION_NAME
+    )
+    gpt.write_headers(out, disk_size, [partition], gpt.guid_from(b"disk", *identity))
+    return partition, written
+
+
+def _self_check(
+    out: BinaryIO, partition: gpt.Partition, written: Sequence[fat.WrittenFile]
+) -> None:
+    """The readers must see what was meant (cheap: headers and directories only)."""
+    out.flush()
+    _, partitions = gpt.parse(out)
+    listed = [(e.path, e.size) for e in fat.list_files(out, partition.offset)]
+    meant = [(w.path, w.size) for w in written]
+    if partitions != [partition] or sorted(listed) != sorted(meant):
+        raise AssertionError(f"disk writer bug: read back {partitions} {listed}, meant {meant}")
+
+
+def build(system: System, output: Path, *, size: int | None = None) -> BuildReport:
+    files = esp.plan(system)
+    timestamp = source_date_epoch()
+    report = BuildReport("disk", output)
+    with atomic_file(output) as out, _sized(files, output) as sized:
+        volume, disk_size = plan_volume(sized, size)
+        partition, written = write(out, volume, disk_size, timestamp=timestamp)
+        _self_check(out, partition, written)
+    by_path = {item.path: item for item in written}
+    for item in files:
+        result = by_path[item.path]
+        report.artifacts.append(
+            Artifact(item.path, item.role, result.size, result.sha256, item.payload.label,
+                     item.domain)
+        )  # fmt: skip
+    return report
