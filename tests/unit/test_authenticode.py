@@ -467,7 +467,9 @@ def test_der_round_trips(first: int, second: int, rest: list[int], value: int) -
     dotted = ".".join(map(str, [first, second, *rest]))
     encoded = authenticode.der_oid(dotted)
     assert authenticode.Der.parse(encoded).oid("x") == dotted
-    assert x509.ObjectIdentifier(dotted).dotted_string == dotted
+    # cryptography (the oracle) takes OIDs of at most 63 content bytes (its asn1 crate's limit).
+    if len(encoded) - 2 <= 63:
+        assert x509.ObjectIdentifier(dotted).dotted_string == dotted
     assert authenticode.Der.parse(authenticode.der_integer(value)).integer("x") == value
 
 
