@@ -66,6 +66,27 @@ def make_ramdisk(path: Path, size: int) -> None:
             stream.write(chunk[index % 256 :] + chunk[: index % 256])
 
 
+def hlimage_command() -> str:
+    """The hlimage beside this Python (the venv's), else the one on PATH."""
+    beside = Path(sys.executable).parent / "hlimage"
+    return str(beside) if beside.exists() else shutil.which("hlimage") or "hlimage"
+
+
+def x86_inputs(work: Path, size_mib: int) -> tuple[Path, Path, Path, Path]:
+    """Debian's xen.efi and kernel, a ramdisk of `size_mib`, and a description of them."""
+    payloads.fetch(verbose=False)
+    xen = payloads.path("x86_64/xen.efi")
+    kernel = payloads.path("x86_64/vmlinuz")
+    ramdisk = work / "ramdisk.img"
+    make_ramdisk(ramdisk, size_mib << 20)
+    description = work / "hlimage.toml"
+    description.write_text(
+        f'[image]\narch = "x86_64"\n[xen]\nefi = "{xen}"\ncmdline = "console=com1"\n'
+        f'[[domain]]\nname = "dom0"\nkernel = "{kernel}"\ninitrd = "{ramdisk}"\n'
+    )
+    return xen, kernel, ramdisk, description
+
+
 def objcopy_recipe(xen: Path, cfg: Path, kernel: Path, ramdisk: Path, out: Path) -> list[str]:
     base = 0xFFFF82D041000000
     return [
@@ -85,20 +106,10 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--no-objcopy", action="store_true", help="skip the slow objcopy run")
     args = parser.parse_args()
-    payloads.fetch(verbose=False)
-    xen = payloads.path("x86_64/xen.efi")
-    kernel = payloads.path("x86_64/vmlinuz")
-    beside = Path(sys.executable).parent / "hlimage"
-    hlimage = str(beside) if beside.exists() else shutil.which("hlimage") or "hlimage"
+    hlimage = hlimage_command()
     with tempfile.TemporaryDirectory(prefix="hlimage-bench-", dir=Path.cwd()) as scratch:
         work = Path(scratch)
-        ramdisk = work / "ramdisk.img"
-        make_ramdisk(ramdisk, args.size_mib << 20)
-        description = work / "hlimage.toml"
-        description.write_text(
-            f'[image]\narch = "x86_64"\n[xen]\nefi = "{xen}"\ncmdline = "console=com1"\n'
-            f'[[domain]]\nname = "dom0"\nkernel = "{kernel}"\ninitrd = "{ramdisk}"\n'
-        )
+        xen, kernel, ramdisk, description = x86_inputs(work, args.size_mib)
         cfg = work / "xen.cfg"
         cfg.write_text("[global]\ndefault=xen\n[xen]\nkernel=vmlinuz console=hvc0\n")
         print(f"payload: {args.size_mib} MiB ramdisk + {kernel.stat().st_size >> 20} MiB kernel")

@@ -26,11 +26,17 @@ def _umask() -> int:
     return mask
 
 
+def _absolute(target: Path) -> Path:
+    """Without '.' and '..': `-o .` is the current directory, renamed from its parent."""
+    return Path(os.path.abspath(target))
+
+
 def _check_parent(target: Path) -> None:
-    parent = target.parent
+    parent = _absolute(target).parent
     if not parent.is_dir():
+        shown = target.parent if target.name not in ("", ".", "..") else parent
         raise HlimageError(
-            f"-o: the directory {parent} does not exist; create it first", where=target
+            f"-o: the directory {shown} does not exist; create it first", where=target
         )
 
 
@@ -50,9 +56,11 @@ def _clean_stale(target: Path) -> None:
 @contextlib.contextmanager
 def atomic_file(target: Path) -> Iterator[BinaryIO]:
     _check_parent(target)
+    shown = target
+    target = _absolute(target)
     if target.is_dir():
         raise HlimageError(
-            "-o: is a directory, but this format writes one file; name a file", where=target
+            "-o: is a directory, but this format writes one file; name a file", where=shown
         )
     _clean_stale(target)
     descriptor, temporary = tempfile.mkstemp(
@@ -60,8 +68,9 @@ def atomic_file(target: Path) -> Iterator[BinaryIO]:
     )
     os.close(descriptor)
     try:
-        # Opened by name so that stream.name is the temporary's path.
-        with open(temporary, "w+b") as stream:
+        # Opened by name so that stream.name is the temporary's path; not truncated ("r+b",
+        # it is empty): on ext4 a truncated file's close starts writeback of all of it.
+        with open(temporary, "r+b") as stream:
             yield stream
             # No fsync: the rename protects against a killed build, and forcing gigabytes to
             # disk would triple the build time; like cp and objcopy, durability is the OS's.
@@ -73,13 +82,63 @@ def atomic_file(target: Path) -> Iterator[BinaryIO]:
         raise
 
 
+def _exchange(first: Path, second: Path) -> bool:
+    """Swap two paths in one step (Linux's renameat2 with RENAME_EXCHANGE), so that a directory
+    output is replaced with no moment where nothing is there. False where unsupported."""
+    import ctypes
+
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    # Non-zero (EINVAL, ENOSYS): the file system or kernel cannot; the caller renames twice.
+    status: int = renameat2(
+        at_fdcwd, os.fsencode(first), at_fdcwd, os.fsencode(second), rename_exchange
+    )
+    return status == 0
+
+
+@contextlib.contextmanager
+def scratch_directory(target: Path) -> Iterator[Path]:
+    """A directory for intermediate files beside `target`, removed afterwards; a killed
+    build's is cleaned up like any other temporary of that target."""
+    _check_parent(target)
+    target = _absolute(target)
+    with tempfile.TemporaryDirectory(
+        dir=target.parent, prefix=f".{target.name}.", suffix=TEMP_MARK
+    ) as scratch:
+        yield Path(scratch)
+
+
+# What hlimage's directory outputs hold (esp, grub, pxe); a directory with none of them, nor a
+# manifest beside it, is someone's data that replacing would delete.
+OUTPUT_MARKS = ("EFI", "grub.cfg", "README.txt")
+
+
+def _replaceable(target: Path) -> bool:
+    if any((target / mark).exists() for mark in OUTPUT_MARKS):
+        return True
+    if target.with_name(target.name + ".manifest.json").exists():
+        return True
+    return not any(target.iterdir())
+
+
 @contextlib.contextmanager
 def atomic_directory(target: Path) -> Iterator[Path]:
     """A fresh directory to fill; it replaces `target` (a directory or nothing) at the end."""
     _check_parent(target)
+    shown = target
+    target = _absolute(target)
     if target.exists() and not target.is_dir():
         raise HlimageError(
-            "-o: is a file, but this format writes a directory; name a directory", where=target
+            "-o: is a file, but this format writes a directory; name a directory", where=shown
+        )
+    if target.is_dir() and not _replaceable(target):
+        raise HlimageError(
+            "-o: is a directory that holds files but no hlimage output (no EFI, grub.cfg or "
+            "README.txt in it); replacing it would delete them: name a new or empty directory",
+            where=shown,
         )
     _clean_stale(target)
     temporary = Path(
@@ -88,7 +147,11 @@ def atomic_directory(target: Path) -> Iterator[Path]:
     try:
         yield temporary
         os.chmod(temporary, 0o777 & ~_umask())
-        if target.exists():
+        if target.exists() and _exchange(temporary, target):
+            shutil.rmtree(temporary, ignore_errors=True)  # it holds the previous output now
+        elif target.exists():
+            # Without an exchange, a build killed between the two renames leaves nothing at
+            # the target (and the previous output in a hidden temporary beside it).
             retired = Path(
                 tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=TEMP_MARK)
             )

@@ -15,6 +15,8 @@ import click
 
 from hlimage import __version__
 
+# Kept here, not imported from hlimage.trust, so that `hlimage --version` stays fast.
+PASSWORD_ENV = "HLIMAGE_KEY_PASSWORD"
 FORMATS = ("unified", "esp", "disk", "grub", "grub-standalone", "pxe")
 
 
@@ -26,13 +28,28 @@ def _load(config: Path) -> Any:
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, "--version", prog_name="hlimage")
-@click.option("-q", "--quiet", is_flag=True, help="Print only warnings and errors.")
+@click.option(
+    "-q", "--quiet", is_flag=True, help="Print only warnings and errors (and no progress bar)."
+)
 def cli(quiet: bool) -> None:
     """Build Xen boot media from one description (hlimage.toml).
 
     Outputs: a unified UEFI image, an EFI system partition tree, a GPT disk image, a PXE tree,
     GRUB configurations, and the launch control module (the device tree that tells Xen which
     domains to build at boot). x86_64 and arm64 from the same description.
+
+    Start with `hlimage init` (the templates), then `hlimage check`, then `hlimage build`.
+    `hlimage COMMAND --help` describes each command.
+
+    Exit status: 0 success; 2 bad input, with one line on stderr naming the file or key and
+    what to do, and nothing written; 1 a bug in hlimage.
+
+    \b
+    Environment:
+      SOURCE_DATE_EPOCH     the disk image's FAT timestamps (default 1980-01-01)
+      HLIMAGE_KEY_PASSWORD  the passphrase of an encrypted --key
+      _HLIMAGE_COMPLETE     shell completion: eval "$(_HLIMAGE_COMPLETE=bash_source hlimage)"
+                            (zsh_source, fish_source for zsh and fish)
     """
     from hlimage import messages
 
@@ -43,7 +60,7 @@ def cli(quiet: bool) -> None:
 @click.argument("config", type=click.Path(path_type=Path))
 @click.option(
     "-f", "--format", "output_format", type=click.Choice(FORMATS), required=True,
-    help="What to build (see the table in the README).",
+    help="What to build (the formats are listed above).",
 )  # fmt: skip
 @click.option(
     "-o",
@@ -57,14 +74,154 @@ def cli(quiet: bool) -> None:
     is_flag=True,
     help="Replace payload sections the Xen image already has instead of refusing.",
 )
-def build(config: Path, output_format: str, output: Path, replace: bool) -> None:
-    """Build boot media from the description CONFIG."""
+@click.option(
+    "--size",
+    metavar="SIZE",
+    help="--format disk: the image's size, like 2G (default: the content plus headroom).",
+)
+@click.option(
+    "--key",
+    type=click.Path(path_type=Path),
+    help="Sign for Secure Boot with this PEM private key (unified, esp, disk); needs --cert.",
+)
+@click.option(
+    "--cert", type=click.Path(path_type=Path), help="The PEM certificate of the --key key."
+)
+@click.option(
+    "--key-password-file",
+    type=click.Path(path_type=Path),
+    help=f"The --key passphrase, from a file (else ${PASSWORD_ENV}).",
+)
+@click.option("--no-manifest", is_flag=True, help="Do not write OUTPUT.manifest.json beside it.")
+@click.option(
+    "--prefix",
+    help="grub: where GRUB finds the files: / (ESP or memdisk root), "
+    "/boot, (tftp)/xen ... Default /.",
+)
+@click.option(
+    "--grub-lib",
+    type=click.Path(path_type=Path),
+    help="grub-standalone, pxe: GRUB's module directory (default "
+    "/usr/lib/grub/x86_64-efi or arm64-efi).",
+)
+def build(
+    config: Path,
+    output_format: str,
+    output: Path,
+    replace: bool,
+    size: str | None,
+    key: Path | None,
+    cert: Path | None,
+    key_password_file: Path | None,
+    no_manifest: bool,
+    prefix: str | None,
+    grub_lib: Path | None,
+) -> None:
+    """Build boot media from the description CONFIG.
+
+    \b
+    Formats (--format):
+      unified          one PE file: Xen with dom0's kernel, initrd and xen.cfg inside
+      esp              a directory UEFI firmware boots: EFI/BOOT/BOOT*.EFI and its files
+      disk             a GPT disk image holding that ESP, to dd to a USB stick
+      grub             grub.cfg and the files it names (--prefix for /boot or TFTP)
+      grub-standalone  one GRUB EFI binary with Xen and every module in its memdisk
+      pxe              a TFTP/HTTP root with the boot file a PXE or UEFI HTTP client loads
+
+    OUTPUT is replaced whole or left as it was, and OUTPUT.manifest.json is written beside
+    it (sha256 of every payload, Authenticode digests, no times). A copy of 64 MiB or more
+    shows a progress bar when stderr is a terminal (not under --quiet).
+    """
     from hlimage import build as build_module
+    from hlimage.config import parse_size
+    from hlimage.errors import HlimageError
     from hlimage.messages import note
 
+    size_bytes = None
+    if size is not None:
+        size_bytes = parse_size(size)
+        if not size_bytes:
+            raise HlimageError(
+                f"--size {size}: not a size; give a number with a K, M or G suffix, like 2G"
+            )
+    signing = _signing_key(key, cert, key_password_file)
     system = _load(config)
-    report = build_module.build(system, output_format, output, replace=replace)
+    report = build_module.build(
+        system,
+        output_format,
+        output,
+        replace=replace,
+        size=size_bytes,
+        signing=signing,
+        manifest=not no_manifest,
+        prefix=prefix,
+        grub_lib=grub_lib,
+    )
     note(f"wrote {report.output} ({output_format})")
+
+
+def _signing_key(key: Path | None, cert: Path | None, password_file: Path | None) -> Any:
+    from hlimage.errors import HlimageError
+
+    if key is None and cert is None:
+        if password_file is not None:
+            raise HlimageError("--key-password-file: is for --key; give --key and --cert too")
+        return None
+    if key is None or cert is None:
+        missing, given = ("--cert", "--key") if cert is None else ("--key", "--cert")
+        raise HlimageError(
+            f"{missing}: needed with {given}; signing takes a key and its certificate"
+        )
+    # Imported only now: hlimage.trust brings in cryptography, 60 ms a build without a key
+    # need not pay.
+    from hlimage.trust import load_signing_key
+
+    return load_signing_key(key, cert, password_file)
+
+
+@cli.command("sign")
+@click.argument("image", type=click.Path(path_type=Path))
+@click.option(
+    "--key", type=click.Path(path_type=Path), required=True, help="PEM private key (RSA)."
+)
+@click.option(
+    "--cert",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="PEM certificate of the key, and any chain to embed after it.",
+)
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="Where the signed image goes (may be IMAGE itself); replaced whole, or left as it was.",
+)
+@click.option(
+    "--replace-signature",
+    is_flag=True,
+    help="Drop the signature IMAGE already has instead of refusing.",
+)
+@click.option(
+    "--key-password-file",
+    type=click.Path(path_type=Path),
+    help=f"The --key passphrase, from a file (else ${PASSWORD_ENV}).",
+)
+def sign_command(
+    image: Path,
+    key: Path,
+    cert: Path,
+    output: Path,
+    replace_signature: bool,
+    key_password_file: Path | None,
+) -> None:
+    """Sign the PE image IMAGE for UEFI Secure Boot (Authenticode, sha256)."""
+    from hlimage import trust
+    from hlimage.messages import note
+
+    signing = trust.load_signing_key(key, cert, key_password_file)
+    result = trust.sign_file(image, output, signing, replace_signature=replace_signature)
+    note(f"wrote {output}: signed by {result.signer}, Authenticode sha256 {result.digest.hex()}")
 
 
 @cli.command("efi-config")
@@ -128,12 +285,148 @@ def inspect(file: Path, as_json: bool, no_digests: bool) -> None:
 @cli.command()
 @click.argument("output", type=click.Path(path_type=Path))
 @click.option("--arch", type=click.Choice(["x86_64", "arm64"]), help="Default: from the output.")
-@click.option("--memory", default="2G", show_default=True, help="Guest RAM.")
+@click.option("--memory", default="2G", show_default=True, metavar="SIZE", help="Guest RAM.")
 def run(output: Path, arch: str | None, memory: str) -> None:
     """Boot OUTPUT in QEMU, serial console on this terminal (Ctrl-A X quits)."""
     from hlimage.run import run as run_output
 
     sys.exit(run_output(output, arch=arch, memory=memory))
+
+
+@cli.command()
+@click.argument("config", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+def check(config: Path, as_json: bool) -> None:
+    """Validate CONFIG against the images it names, writing nothing: which formats can carry
+    it, and why the others cannot. Exit 2 when none can.
+
+    --json prints a list of {"format": NAME, "problem": TEXT or null}, one per format.
+    """
+    from hlimage.check import check as check_system
+
+    verdicts = check_system(_load(config))
+    if as_json:
+        click.echo(
+            json.dumps([{"format": v.format, "problem": v.problem} for v in verdicts], indent=2)
+        )
+    else:
+        for verdict in verdicts:
+            click.echo(
+                f"{verdict.format:<16} {'ok' if verdict.problem is None else verdict.problem}"
+            )
+    if all(verdict.problem is not None for verdict in verdicts):
+        sys.exit(2)
+
+
+@cli.command("grub-config")
+@click.argument("config", type=click.Path(path_type=Path))
+@click.option(
+    "--prefix",
+    default="/",
+    show_default=True,
+    help="Where GRUB finds the files: / , /boot, (tftp)/xen ...",
+)
+@click.option(
+    "--in-place",
+    is_flag=True,
+    help="Name the input files where they are (below --relative-to) instead of copies.",
+)
+@click.option(
+    "--relative-to",
+    type=click.Path(path_type=Path),
+    default=Path("/"),
+    show_default=True,
+    help="--in-place: the directory --prefix stands for.",
+)
+@click.option(
+    "--lcm",
+    type=click.Path(path_type=Path),
+    help="--in-place, hyperlaunch: the LCM file (written with hlimage lcm).",
+)
+@click.option("--write-lcm", is_flag=True, help="--in-place: also write the LCM to --lcm.")
+@click.option(
+    "--prelude",
+    default="",
+    help="Lines to put first in the entry (e.g. search commands), newline-separated.",
+)
+def grub_config(
+    config: Path,
+    prefix: str,
+    in_place: bool,
+    relative_to: Path,
+    lcm: Path | None,
+    write_lcm: bool,
+    prelude: str,
+) -> None:
+    """Print the GRUB menu entry that boots CONFIG (multiboot2 on x86, xen_hypervisor on arm64)."""
+    from hlimage.atomic import atomic_file
+    from hlimage.errors import HlimageError
+    from hlimage.xen import grub
+
+    if write_lcm and (lcm is None or not in_place):
+        raise HlimageError("--write-lcm: needs --in-place and --lcm PATH")
+    layout = grub.Layout(prefix=prefix, in_place=in_place, relative_to=relative_to, lcm_path=lcm)
+    lines = [line for line in prelude.splitlines() if line.strip()]
+    stanza = grub.stanza(_load(config), layout, prelude=lines)
+    if write_lcm and stanza.lcm is not None:
+        assert lcm is not None
+        lcm.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_file(lcm) as out:
+            out.write(stanza.lcm)
+    click.echo(stanza.entry.render(), nl=False)
+
+
+# What `hlimage init` suggests building first, per the template's first declared format.
+_FIRST_BUILD = {
+    "unified": "--format unified -o xen-unified.efi",
+    "esp": "--format esp -o xen-esp",
+    "disk": "--format disk -o xen-disk.img",
+    "grub": "--format grub -o xen-grub",
+    "grub-standalone": "--format grub-standalone -o xen-grub.efi",
+    "pxe": "--format pxe -o xen-pxe",
+}
+
+
+def _complete_template(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[str]:
+    from hlimage import scaffold
+
+    return [t.name for t in scaffold.templates() if t.name.startswith(incomplete)]
+
+
+@cli.command("init")
+@click.argument("template", required=False, shell_complete=_complete_template)
+@click.argument("directory", type=click.Path(path_type=Path), default=".")
+@click.option("--force", is_flag=True, help="Overwrite DIRECTORY/hlimage.toml if it exists.")
+def init_command(template: str | None, directory: Path, force: bool) -> None:
+    """Start a description: copy the commented template TEMPLATE to DIRECTORY/hlimage.toml
+    (DIRECTORY defaults to the current one) and say what to edit. Without TEMPLATE, list the
+    templates."""
+    from hlimage import scaffold
+    from hlimage.messages import note
+
+    if template is None:
+        for known in scaffold.templates():
+            click.echo(f"{known.name:<18} {known.summary}")
+        return
+    written = scaffold.init(template, directory, force=force)
+    chosen = written.template
+    note(f"wrote {written.path} from the {chosen.name} template")
+    lines = [f"{chosen.name}: {chosen.summary}", "Next:"]
+    if written.missing:
+        lines.append(
+            f"  - put these files beside it, or change their paths in it: "
+            f"{', '.join(written.missing)}"
+        )
+    lines.append("  - edit the command lines, memory and vCPUs for your machine")
+    if "# Needs:" in chosen.text:
+        lines.append("  - read the '# Needs:' comment at its top: which Xen it takes")
+    lines.append(f"  - hlimage check {written.path}")
+    first = next((name for name in chosen.builds if name in _FIRST_BUILD or name == "lcm"), None)
+    if first == "lcm":
+        lines.append(f"  - hlimage lcm {written.path} -o lcm.dtb")
+    elif first is not None:
+        lines.append(f"  - hlimage build {written.path} {_FIRST_BUILD[first]}")
+    click.echo("\n".join(lines))
 
 
 def main() -> None:
@@ -152,6 +445,12 @@ def main() -> None:
         sys.exit(130)
     except BrokenPipeError:
         sys.exit(0)
+    except OSError as error:
+        # The file system refused (a disk full, a name too long, no permission): the user's
+        # to fix, so one line and exit 2, as for any bad input.
+        where = f"{error.filename}: " if error.filename else ""
+        print(f"hlimage: error: {where}{error.strerror or error}", file=sys.stderr)
+        sys.exit(2)
     sys.exit(code if isinstance(code, int) else 0)
 
 

@@ -87,6 +87,14 @@ def _type_name(value: object) -> str:
 def text(where: Field, value: object) -> str:
     if not isinstance(value, str):
         raise where.fail(f"expected a string, got {_type_name(value)}", 'quote it: key = "..."')
+    # Every string ends up on one line of something (xen.cfg, grub.cfg, a device-tree string,
+    # a kernel command line), where a NUL or a newline would cut it short or start a new one.
+    for index, char in enumerate(value):
+        if (ord(char) < 0x20 and char != "\t") or ord(char) == 0x7F:
+            raise where.fail(
+                f"control character U+{ord(char):04X} at position {index + 1}",
+                "write the text on one line, without control characters",
+            )
     return value
 
 
@@ -105,12 +113,18 @@ def existing_file(where: Field, value: object) -> Path:
     if not value:
         raise where.fail("the path is empty", "name a file, relative to the description")
     path = where.base / value
-    if not path.exists():
+    try:
+        exists, is_file = path.exists(), path.is_file()
+    except OSError as error:  # a name too long, a directory that cannot be searched
+        raise where.fail(
+            f"{value}: {error.strerror}", "fix the path; it is relative to the description"
+        ) from None
+    if not exists:
         raise where.fail(
             f"{value} does not exist (looked for {path})",
             "fix the path; it is relative to the description's directory",
         )
-    if not path.is_file():
+    if not is_file:
         raise where.fail(f"{value} is not a regular file", "name a file, not a directory")
     return path
 
@@ -144,12 +158,17 @@ def size(where: Field, value: object) -> int:
     return parsed
 
 
+# Above Xen's own limit (123 TiB of host RAM on x86, less on Arm); it bounds the device-tree
+# and command-line values made from it.
+MAX_MEMORY = 128 << 40
+
+
 def memory(where: Field, value: object) -> int:
     parsed = size(where, value)
-    if parsed < (1 << 20) or parsed % 1024:
+    if parsed < (1 << 20) or parsed > MAX_MEMORY or parsed % 1024:
         raise where.fail(
             f"{_show(value)} is not a usable amount of memory",
-            'give at least 1M in whole KiB, like "256M"',
+            'give from 1M to 128T in whole KiB, like "256M"',
         )
     return parsed
 
@@ -162,9 +181,17 @@ def count(where: Field, value: object) -> int:
     return value
 
 
-def small_count(where: Field, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise where.fail(f"expected a whole number >= 0, got {_show(value)}", "write e.g. key = 0")
+# A GIC has interrupt IDs up to 1019, the first 32 per CPU: 988 shared ones (SPIs) at most,
+# which is also what Xen's vGIC accepts.
+MAX_SPIS = 1020 - 32
+
+
+def spi_count(where: Field, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_SPIS:
+        raise where.fail(
+            f"expected a whole number from 0 to {MAX_SPIS}, got {_show(value)}",
+            "write e.g. key = 0",
+        )
     return value
 
 
@@ -233,8 +260,27 @@ def memory_ranges(where: Field, value: object) -> tuple[MemoryRange, ...]:
                 raise where.fail(f"{_show(address)} is not an address", fix) from None
         if isinstance(address, bool) or not isinstance(address, int) or address < 0:
             raise where.fail(f"{_show(address)} is not an address", fix)
-        ranges.append(MemoryRange(address, size(where, length)))
+        length = size(where, length)
+        # Xen reads each range as two 64-bit numbers (two cells each).
+        if address + length > 1 << 64:
+            raise where.fail(f"{_show(item)} ends beyond 64-bit addresses", fix)
+        ranges.append(MemoryRange(address, length))
     return tuple(ranges)
+
+
+def sbat_file(where: Field, value: object) -> Path:
+    from hlimage.errors import FormatError
+    from hlimage.formats import sbat
+
+    path = existing_file(where, value)
+    try:
+        sbat.section_data(sbat.read(path))
+    except FormatError as error:
+        # The format's message says what to fix; it only lacks the key and the file.
+        raise HlimageError(
+            f"{where.section}{where.key}: {path.name}: {error}", where=where.file
+        ) from None
+    return path
 
 
 IMAGE_OPTIONS = (
@@ -253,6 +299,7 @@ XEN_OPTIONS = (
     Option("xsm", existing_file, "FLASK policy"),
     Option("ucode", existing_file, "CPU microcode (x86)"),
     Option("dtb", existing_file, "host device tree (arm64)"),
+    Option("sbat", sbat_file, "SBAT data (CSV) for shim: the unified image's .sbat section"),
 )
 
 DOMAIN_OPTIONS = (
@@ -277,7 +324,7 @@ DOMAIN_OPTIONS = (
     Option("direct_map", boolean, "arm64: direct-map (needs static_mem)"),
     Option("cpupool", name, "arm64: name of the cpupool the domain runs in"),
     Option("colors", text, "arm64: LLC colours, like '0-3,8'"),
-    Option("nr_spis", small_count, "arm64: number of SPIs for the domain"),
+    Option("nr_spis", spi_count, "arm64: number of SPIs for the domain"),
 )
 
 SECTIONS: Mapping[str, Sequence[Option]] = {
@@ -315,9 +362,15 @@ def _parse_table(
 
 def load(path: Path) -> System:
     """Read and validate a description file."""
-    if not path.exists():
+    try:
+        exists, is_file = path.exists(), path.is_file()
+    except OSError as error:  # a name too long, a directory that cannot be searched
+        raise HlimageError(
+            f"{error.strerror}; give the path to an hlimage.toml", where=path
+        ) from None
+    if not exists:
         raise HlimageError("no such description file; give the path to an hlimage.toml", where=path)
-    if not path.is_file():
+    if not is_file:
         raise HlimageError("is not a file; give the path to an hlimage.toml", where=path)
     try:
         raw = path.read_bytes()

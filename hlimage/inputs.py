@@ -12,11 +12,8 @@ import struct
 import zlib
 from dataclasses import dataclass
 
-from elftools.common.exceptions import ELFError
-from elftools.elf.elffile import ELFFile
-
 from hlimage.errors import FormatError
-from hlimage.formats import compression, cpio, linux
+from hlimage.formats import compression, cpio, linux, multiboot2
 from hlimage.streams import Region
 
 # pyelftools names the machine; these are the architectures hlimage knows.
@@ -44,6 +41,10 @@ class KernelInfo:
 
 
 def _elf_machine(head: bytes) -> str | None:
+    # Imported here: pyelftools takes ~20 ms to import, and most inputs are not ELF.
+    from elftools.common.exceptions import ELFError
+    from elftools.elf.elffile import ELFFile
+
     try:
         machine = ELFFile(io.BytesIO(head))["e_machine"]
     except (ELFError, struct.error, ValueError, KeyError, IndexError):
@@ -60,6 +61,9 @@ def _uncompressed_kernel(head: bytes) -> KernelInfo | None:
         return KernelInfo("arm64-image", "arm64", linux.linux_banner_version(head))
     if head[:4] == b"\x7fELF":
         machine = _elf_machine(head)
+        if multiboot2.find(head) is not None:
+            # Not Linux: Xen's own xen.gz, most likely, given as a kernel by mistake.
+            return KernelInfo("multiboot2 elf", machine)
         return KernelInfo("elf", machine, linux.linux_banner_version(head))
     if head[:2] == b"MZ" and head[4:8] == b"zimg":
         return KernelInfo("efi-zboot", None)
@@ -77,7 +81,8 @@ def probe_kernel(region: Region) -> KernelInfo:
             assert bz is not None
             if bz.protocol < 0x208:
                 raise FormatError(
-                    f"bzImage with boot protocol {bz.protocol_text}: Xen needs 2.08 or newer"
+                    f"bzImage with boot protocol {bz.protocol_text}: Xen needs 2.08 or newer; "
+                    "give a newer kernel"
                 )
         return info
     kind = compression.detect(head)
@@ -87,9 +92,11 @@ def probe_kernel(region: Region) -> KernelInfo:
         inner = _decompressed_head(kind, region)
         inner_info = _uncompressed_kernel(inner) if inner else None
         if inner_info is None:
-            raise FormatError(f"{kind} data that does not hold a kernel")
+            raise FormatError(f"{kind} data that does not hold a kernel; give a kernel image")
         return KernelInfo(f"{kind} {inner_info.kind}", inner_info.arch, inner_info.version)
-    raise FormatError("not a kernel: no bzImage, ELF, arm64 Image or gzip header")
+    raise FormatError(
+        "not a kernel: no bzImage, ELF, arm64 Image or gzip header; give the kernel image"
+    )
 
 
 def _decompressed_head(kind: str, region: Region) -> bytes:
@@ -122,7 +129,10 @@ def _probe_gzip_kernel(region: Region) -> KernelInfo:
             try:
                 out = decompressor.decompress(data, 1 << 20)
             except zlib.error as error:
-                raise FormatError(f"corrupt gzip data in the kernel ({error})") from None
+                raise FormatError(
+                    f"corrupt gzip data in the kernel ({error}); give an intact file "
+                    "(gzip -t checks one)"
+                ) from None
             if len(head) < HEAD:
                 head += out[: HEAD - len(head)]
             total += len(out)
@@ -134,7 +144,10 @@ def _probe_gzip_kernel(region: Region) -> KernelInfo:
             if not data and len(out) < 1 << 20:
                 break
     if not ended:
-        raise FormatError("truncated gzip kernel: the gzip stream ends before its end marker")
+        raise FormatError(
+            "truncated gzip kernel: the gzip stream ends before its end marker; give the "
+            "whole file (gzip -t checks one)"
+        )
     if trailing:
         raise FormatError(
             f"gzip kernel has {trailing} bytes after the gzip stream; Xen reads the size from "
@@ -142,10 +155,13 @@ def _probe_gzip_kernel(region: Region) -> KernelInfo:
         )
     inner = _uncompressed_kernel(bytes(head))
     if inner is None:
-        raise FormatError("gzip data that does not hold a kernel")
+        raise FormatError("gzip data that does not hold a kernel; give a kernel image")
     (stored,) = struct.unpack("<I", region.tail(4))
     if stored != total & 0xFFFFFFFF:
-        raise FormatError("gzip kernel's size field does not match its contents")
+        raise FormatError(
+            "gzip kernel's size field does not match its contents (Xen reads the size from "
+            "there); recompress it (gzip -dc | gzip -n)"
+        )
     return KernelInfo(f"gzip {inner.kind}", inner.arch, inner.version, inner.detail)
 
 

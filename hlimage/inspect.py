@@ -6,13 +6,16 @@ turns into text. Digests stream the bytes; nothing is read whole.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import struct
-from pathlib import Path
+from collections.abc import Callable, Generator
+from pathlib import Path, PurePosixPath
 from typing import Any
 
+from hlimage import trust
 from hlimage.errors import FormatError, HlimageError
-from hlimage.formats import pe, xencfg
+from hlimage.formats import fat, gpt, pe, xencfg
 from hlimage.inputs import probe_initrd, probe_kernel
 from hlimage.inspect_dt import describe_dtb
 from hlimage.streams import Region
@@ -58,6 +61,8 @@ def _describe_payload(name: str, region: Region) -> dict[str, Any]:
             return {"type": "microcode", "detail": probe_initrd(region).describe()}
         if name == ".dtb":
             return {"type": "device tree", **describe_dtb(region)}
+        if name == ".sbat":
+            return {"type": "sbat", "text": region.head(64 * 1024).decode("ascii", "replace")}
     except FormatError as error:
         return {"type": name.lstrip("."), "detail": f"unreadable: {error}"}
     return {}
@@ -97,6 +102,7 @@ def inspect_pe(path: Path, *, digests: bool = True) -> dict[str, Any]:
         "checksum": int(image.optional.CheckSum),
         "signed": image.signature is not None,
         "sections": sections,
+        "authenticode": trust.describe(path, digests=digests),
     }
     try:
         from hlimage.xen.probe import probe_efi
@@ -113,7 +119,9 @@ def inspect_pe(path: Path, *, digests: bool = True) -> dict[str, Any]:
 
 def inspect_path(path: Path, *, digests: bool = True) -> dict[str, Any]:
     if not path.exists():
-        raise HlimageError("no such file or directory; give a built image, ESP or DTB", where=path)
+        raise HlimageError(
+            "no such file or directory; give a built image, ESP, disk image or DTB", where=path
+        )
     try:
         if path.is_dir():
             return inspect_esp(path, digests=digests)
@@ -122,10 +130,14 @@ def inspect_path(path: Path, *, digests: bool = True) -> dict[str, Any]:
             return inspect_pe(path, digests=digests)
         if head[:4] == FDT_MAGIC:
             return {"type": "dtb", "path": str(path), **describe_dtb(Region(path))}
+        if is_gpt_disk(path):
+            return inspect_disk(path, digests=digests)
     except FormatError as error:
         raise HlimageError(f"{error}", where=path) from None
     raise HlimageError(
-        "not a format hlimage reads (PE image, device tree, ESP directory)", where=path
+        "not a format hlimage reads; give a PE image (a unified image, xen.efi), an ESP "
+        "directory, a GPT disk image or a device tree blob",
+        where=path,
     )
 
 
@@ -154,34 +166,178 @@ def inspect_esp(root: Path, *, digests: bool = True) -> dict[str, Any]:
         "path": str(root),
         "loader": loader.name,
         "files": files,
+        "loader_authenticode": trust.describe(loader, digests=digests),
     }
     cfg = loader.with_suffix(".cfg")
     if cfg.is_file():
+
+        def beside_loader(name: str) -> Region | None:
+            path = boot / name
+            return Region(path) if path.is_file() else None
+
         text = cfg.read_text("ascii", "replace")
-        parsed = xencfg.parse(text)
-        result["config"] = {"name": cfg.name, "text": text, "parsed": parsed}
-        section = parsed.get(parsed.get("global", {}).get("default", ""), {})
-        modules = {}
-        kernel = section.get("kernel")
-        if kernel:
-            name, _ = xencfg.split_kernel_line(kernel)
-            modules["kernel"] = _describe_file(boot / name, ".kernel")
-        for key, kind in (
-            ("ramdisk", ".ramdisk"),
-            ("xsm", ".xsm"),
-            ("ucode", ".ucode"),
-            ("dtb", ".dtb"),
-        ):
-            if section.get(key):
-                modules[key] = _describe_file(boot / section[key].strip(), kind)
-        result["modules"] = modules
+        result.update(_describe_boot(cfg.name, text, beside_loader))
     return result
 
 
-def _describe_file(path: Path, kind: str) -> dict[str, Any]:
-    if not path.is_file():
-        return {"file": path.name, "detail": "missing"}
-    return {"file": path.name, **_describe_payload(kind, Region(path))}
+CFG_MODULES = (
+    ("ramdisk", ".ramdisk"),
+    ("xsm", ".xsm"),
+    ("ucode", ".ucode"),
+    ("dtb", ".dtb"),
+)
+
+
+def _describe_boot(
+    cfg_name: str, text: str, beside_loader: Callable[[str], Region | None]
+) -> dict[str, Any]:
+    """The xen.cfg Xen's EFI loader reads, and what its default section boots: each file it
+    names, found beside the loader by `beside_loader` (None when it is not there). Shared by
+    ESP trees and disk images."""
+    parsed = xencfg.parse(text)
+    section = parsed.get(parsed.get("global", {}).get("default", ""), {})
+    modules: dict[str, Any] = {}
+    kernel = section.get("kernel")
+    if kernel:
+        name, _ = xencfg.split_kernel_line(kernel)
+        modules["kernel"] = _describe_file(name, ".kernel", beside_loader)
+    for key, kind in CFG_MODULES:
+        if section.get(key):
+            modules[key] = _describe_file(section[key].strip(), kind, beside_loader)
+    return {"config": {"name": cfg_name, "text": text, "parsed": parsed}, "modules": modules}
+
+
+def _describe_file(
+    name: str, kind: str, beside_loader: Callable[[str], Region | None]
+) -> dict[str, Any]:
+    region = beside_loader(name)
+    shown = PurePosixPath(name).name
+    if region is None:
+        return {"file": shown, "detail": "missing"}
+    return {"file": shown, **_describe_payload(kind, region)}
+
+
+LOADERS = ("BOOTX64.EFI", "BOOTAA64.EFI")
+# A cfg is a few hundred bytes; a broken volume must not make inspect read gigabytes.
+MAX_CFG_BYTES = 64 * 1024
+
+
+def is_gpt_disk(path: Path) -> bool:
+    """A GPT signature where the primary header is (LBA 1 of 512 or 4096-byte sectors)."""
+    region = Region(path)
+    return any(region.read(sector, 8) == gpt.SIGNATURE for sector in (512, 4096))
+
+
+class FatFileRegion(Region):
+    """A file in a disk image's FAT volume, as a Region for the probes: read through the FAT
+    reader (its clusters need not be contiguous). Only read() and chunks() mean anything;
+    `offset` is not where the data is, so it is not for copy_stream."""
+
+    def __init__(self, image: Path, volume_offset: int, entry: fat.FatEntry) -> None:
+        super().__init__(image, 0, entry.size, label=f"{image}:{entry.path}")
+        self.volume_offset = volume_offset
+        self.entry = entry
+
+    def chunks(self) -> Generator[bytes, None, None]:
+        with self.path.open("rb") as stream:
+            yield from fat.read_entry(stream, self.volume_offset, self.entry)
+
+    def read(self, start: int, count: int) -> bytes:
+        count = max(0, min(count, self.length - start))
+        out = bytearray()
+        position = 0
+        with contextlib.closing(self.chunks()) as chunks:
+            for chunk in chunks:
+                if len(out) >= count:
+                    break
+                end = position + len(chunk)
+                if end > start:
+                    out += chunk[max(0, start - position) : start + count - position]
+                position = end
+        return bytes(out[:count])
+
+
+def _partition_type(partition: gpt.Partition) -> str:
+    known = {gpt.ESP_TYPE: "EFI System", gpt.LINUX_DATA_TYPE: "Linux data"}
+    return known.get(partition.type_guid, str(partition.type_guid))
+
+
+def inspect_disk(path: Path, *, digests: bool = True) -> dict[str, Any]:
+    """A GPT disk image: its partitions, and in its EFI System Partition the files, the
+    xen.cfg Xen reads and the domains it boots."""
+    with path.open("rb") as stream:
+        disk_guid, partitions = gpt.parse(stream)
+        size = stream.seek(0, 2)
+    result: dict[str, Any] = {
+        "type": "disk",
+        "path": str(path),
+        "size": size,
+        "disk_guid": str(disk_guid),
+        "partitions": [
+            {
+                "number": number,
+                "name": partition.name,
+                "type": _partition_type(partition),
+                "type_guid": str(partition.type_guid),
+                "guid": str(partition.unique_guid),
+                "first_lba": partition.first_lba,
+                "last_lba": partition.last_lba,
+                "offset": partition.offset,
+                "size": partition.size,
+            }
+            for number, partition in enumerate(partitions, 1)
+        ],
+        "esp": None,
+    }
+    number, esp = next(
+        ((n, p) for n, p in enumerate(partitions, 1) if p.type_guid == gpt.ESP_TYPE), (0, None)
+    )
+    if esp is not None:
+        result["esp"] = _inspect_fat_esp(path, number, esp.offset, digests=digests)
+    return result
+
+
+def _inspect_fat_esp(path: Path, number: int, offset: int, *, digests: bool) -> dict[str, Any]:
+    with path.open("rb") as stream:
+        info = fat.read_info(stream, offset)
+        entries = fat.list_files(stream, offset)
+        files = []
+        for entry in sorted(entries, key=lambda e: e.path):
+            item: dict[str, Any] = {"path": entry.path, "size": entry.size}
+            if digests:
+                digest = hashlib.sha256()
+                for chunk in fat.read_entry(stream, offset, entry):
+                    digest.update(chunk)
+                item["sha256"] = digest.hexdigest()
+            files.append(item)
+    by_path = {entry.path.casefold(): entry for entry in entries}
+
+    def lookup(name: str) -> fat.FatEntry | None:
+        return by_path.get(f"EFI/BOOT/{name.strip('/')}".casefold())
+
+    loader = next((lookup(name) for name in LOADERS if lookup(name) is not None), None)
+    result: dict[str, Any] = {
+        "partition": number,
+        "fat_type": info.fat_type,
+        "label": info.label,
+        "volume_id": f"{info.volume_id >> 16:04X}-{info.volume_id & 0xFFFF:04X}",
+        "cluster_size": info.cluster_size,
+        "volume_size": info.size,
+        "loader": PurePosixPath(loader.path).name if loader else None,
+        "files": files,
+    }
+    if loader is None:
+        return result
+    cfg = lookup(PurePosixPath(loader.path).stem + ".cfg")
+    if cfg is not None:
+
+        def beside_loader(name: str) -> Region | None:
+            entry = lookup(name)
+            return FatFileRegion(path, offset, entry) if entry is not None else None
+
+        text = FatFileRegion(path, offset, cfg).head(MAX_CFG_BYTES).decode("ascii", "replace")
+        result.update(_describe_boot(PurePosixPath(cfg.path).name, text, beside_loader))
+    return result
 
 
 def render(data: dict[str, Any]) -> str:
@@ -196,6 +352,7 @@ def render(data: dict[str, Any]) -> str:
             f"0x{data['section_alignment']:x}  FileAlignment 0x{data['file_alignment']:x}  "
             f"signed: {'yes' if data['signed'] else 'no'}"
         )
+        lines += trust.render(data.get("authenticode", {}))
         lines.append(f"  {'section':<10} {'rva':>10} {'size':>10} {'raw size':>10}  sha256")
         for section in data["sections"]:
             lines.append(
@@ -204,7 +361,7 @@ def render(data: dict[str, Any]) -> str:
             )
             payload = section.get("payload")
             if payload:
-                if payload.get("type") == "xen.cfg":
+                if payload.get("type") in ("xen.cfg", "sbat"):
                     for text_line in payload["text"].rstrip("\n").splitlines():
                         lines.append(f"      | {text_line}")
                 elif payload.get("detail"):
@@ -216,18 +373,44 @@ def render(data: dict[str, Any]) -> str:
         _render_domains(data, lines)
     elif data["type"] == "esp":
         lines.append(f"{data['path']}: ESP, loader EFI/BOOT/{data['loader']}")
-        for entry in data["files"]:
-            lines.append(f"  {entry['path']:<40} {entry['size']:>12}  {entry.get('sha256', '')}")
-        config = data.get("config")
-        if config:
-            lines.append(f"  {config['name']}:")
-            lines += [f"      | {line}" for line in config["text"].rstrip("\n").splitlines()]
-        for key, module in data.get("modules", {}).items():
+        lines += trust.render(data.get("loader_authenticode", {}))
+        _render_esp(data, lines)
+    elif data["type"] == "disk":
+        lines.append(
+            f"{data['path']}: GPT disk image, {data['size']} bytes, disk GUID {data['disk_guid']}"
+        )
+        lines.append(f"  {'#':>2} {'name':<24} {'type':<12} {'first LBA':>10} {'last LBA':>10} "
+                     f"{'size':>12}  GUID")  # fmt: skip
+        for part in data["partitions"]:
             lines.append(
-                f"  {key}: {module['file']}: {module.get('detail', module.get('type', ''))}"
+                f"  {part['number']:>2} {part['name']:<24} {part['type']:<12} "
+                f"{part['first_lba']:>10} {part['last_lba']:>10} {part['size']:>12}  {part['guid']}"
             )
-            _render_domains(module, lines)
+        esp = data["esp"]
+        if esp is None:
+            lines.append("  no EFI System Partition")
+        else:
+            loader = f"loader EFI/BOOT/{esp['loader']}" if esp["loader"] else "no EFI/BOOT loader"
+            lines.append(
+                f"  ESP (partition {esp['partition']}): FAT{esp['fat_type']}, "
+                f"{esp['volume_size']} bytes, label {esp['label'] or '-'}, volume id "
+                f"{esp['volume_id']}, {loader}"
+            )
+            _render_esp(esp, lines)
     return "\n".join(lines) + "\n"
+
+
+def _render_esp(data: dict[str, Any], lines: list[str]) -> None:
+    """An ESP's files, its xen.cfg and what that boots (an ESP tree's or a disk's)."""
+    for entry in data["files"]:
+        lines.append(f"  {entry['path']:<40} {entry['size']:>12}  {entry.get('sha256', '')}")
+    config = data.get("config")
+    if config:
+        lines.append(f"  {config['name']}:")
+        lines += [f"      | {line}" for line in config["text"].rstrip("\n").splitlines()]
+    for key, module in data.get("modules", {}).items():
+        lines.append(f"  {key}: {module['file']}: {module.get('detail', module.get('type', ''))}")
+        _render_domains(module, lines)
 
 
 def _render_domains(data: dict[str, Any], lines: list[str]) -> None:

@@ -95,6 +95,8 @@ class Xen:
     xsm: Path | None = None
     ucode: Path | None = None
     dtb: Path | None = None
+    sbat: Path | None = None
+    """SBAT data (CSV) for the unified image's .sbat section, checked by config."""
 
 
 @dataclass(frozen=True)

@@ -23,12 +23,23 @@ def _label(domain: Domain) -> str:
     return f'[[domain]] "{domain.name}"'
 
 
+def article(word: str) -> str:
+    """'an arm64', 'an x86_64', 'a unknown'... as English says them."""
+    return ("an " if word[:1].lower() in "aeiox" else "a ") + word
+
+
 def kernel_info(system: System, domain: Domain) -> KernelInfo:
     key = f"{_label(domain)} kernel"
     try:
         info = probe_kernel(Region(domain.kernel))
     except FormatError as error:
         raise HlimageError(f"{key}: {error}", where=domain.kernel) from None
+    if info.kind.endswith("multiboot2 elf"):
+        raise HlimageError(
+            f"{key}: a multiboot2 image (Xen's own xen.gz?), not a Linux kernel; give the "
+            "domain's kernel (vmlinuz, Image)",
+            where=domain.kernel,
+        )
     if info.kind == "efi-zboot":
         raise HlimageError(
             f"{key}: an EFI zboot kernel (vmlinuz.efi), which Xen cannot load; give the plain "
@@ -37,8 +48,8 @@ def kernel_info(system: System, domain: Domain) -> KernelInfo:
         )
     if info.arch != system.arch.value:
         raise HlimageError(
-            f"{key}: a {info.arch or 'unknown'} kernel ({info.describe()}), but [image] arch is "
-            f'"{system.arch.value}"; give a {system.arch.value} kernel',
+            f"{key}: {article(info.arch or 'unknown')} kernel ({info.describe()}), but [image] "
+            f'arch is "{system.arch.value}"; give {article(system.arch.value)} kernel',
             where=domain.kernel,
         )
     return info
@@ -54,30 +65,38 @@ class Lz4LegacyPayload(Payload):
     legacy stream: Linux's unpacker ends an LZ4 member only at the end of its input, so the
     whole initrd has to be a single stream."""
 
-    def __init__(self, parts: Sequence[tuple[Region, str | None]]) -> None:
+    def __init__(self, parts: Sequence[tuple[Region, str | None, str]]) -> None:
         self.parts = tuple(parts)
-        self.label = "lz4(" + " + ".join(region.label for region, _ in parts) + ")"
+        self.label = "lz4(" + " + ".join(region.label for region, _, _ in parts) + ")"
 
     def _estimate(self, region: Region, kind: str | None) -> int:
-        if kind == compression.GZIP:
-            return int(struct.unpack("<I", region.tail(4).rjust(4, b"\0"))[0])
         if kind is None:
             return region.length
+        if kind == compression.GZIP:
+            # gzip's trailer holds the size modulo 4 GiB; a corrupt file's holds anything, so
+            # only a size deflate could have produced (at most ~1032:1) is believed.
+            stored = int(struct.unpack("<I", region.tail(4).rjust(4, b"\0"))[0])
+            if region.length // 2 <= stored <= region.length * 1032:
+                return stored
         return region.length * 4
 
     def size_bound(self) -> int:
-        raw = sum(self._estimate(region, kind) + INITRD_ALIGN for region, kind in self.parts)
+        raw = sum(self._estimate(region, kind) + INITRD_ALIGN for region, kind, _ in self.parts)
         return compression.lz4_legacy_bound(raw)
 
     def _joined(self) -> Iterator[bytes]:
-        for index, (region, kind) in enumerate(self.parts):
+        for index, (region, kind, key) in enumerate(self.parts):
             length = 0
             try:
                 for chunk in compression.decompress(kind, region.chunks()):
                     length += len(chunk)
                     yield chunk
             except FormatError as error:
-                raise HlimageError(f"initrd: {error}", where=region.path) from None
+                raise HlimageError(
+                    f"{key}: {error}; give an intact file (it is decompressed for "
+                    'initrd_compression = "lz4")',
+                    where=region.path,
+                ) from None
             if index < len(self.parts) - 1 and length % INITRD_ALIGN:
                 yield b"\0" * (-length % INITRD_ALIGN)
 
@@ -88,10 +107,14 @@ class Lz4LegacyPayload(Payload):
 def initrd_payload(system: System, domain: Domain) -> Payload | None:
     if not domain.initrd:
         return None
-    parts: list[tuple[Region, str | None]] = []
+    parts: list[tuple[Region, str | None, str]] = []
     for index, path in enumerate(domain.initrd):
         key = f"{_label(domain)} initrd" + (f"[{index}]" if len(domain.initrd) > 1 else "")
         region = Region(path)
+        if region.length == 0:
+            raise HlimageError(
+                f"{key}: the file is empty; give the initrd, or leave initrd out", where=path
+            )
         try:
             info = probe_initrd(region)
         except FormatError as error:
@@ -103,9 +126,9 @@ def initrd_payload(system: System, domain: Domain) -> Payload | None:
                 "gzip, xz, zstd, lz4 or uncompressed parts",
                 where=path,
             )
-        parts.append((region, kind))
+        parts.append((region, kind, key))
     if domain.initrd_compression is InitrdCompression.LZ4:
         return Lz4LegacyPayload(parts)
     if len(parts) == 1:
         return parts[0][0]
-    return ConcatPayload([region for region, _ in parts], align=INITRD_ALIGN)
+    return ConcatPayload([region for region, _, _ in parts], align=INITRD_ALIGN)

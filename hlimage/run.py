@@ -10,7 +10,8 @@ from pathlib import Path
 
 from hlimage import qemu
 from hlimage.errors import FormatError, HlimageError
-from hlimage.formats import pe
+from hlimage.formats import fat, gpt, pe
+from hlimage.inspect import is_gpt_disk
 
 ARCH_BY_MACHINE = {pe.MACHINE_AMD64: qemu.X86_64, pe.MACHINE_ARM64: qemu.ARM64}
 
@@ -30,23 +31,62 @@ def _esp_arch(esp: Path) -> str | None:
     return None
 
 
+def _disk_arch(image: Path) -> str | None:
+    """The arch of the loader in a GPT disk image's EFI System Partition, by its name."""
+    try:
+        with image.open("rb") as stream:
+            _, partitions = gpt.parse(stream)
+            for partition in partitions:
+                if partition.type_guid != gpt.ESP_TYPE:
+                    continue
+                paths = {e.path.casefold() for e in fat.list_files(stream, partition.offset)}
+                for name, arch in (("BOOTX64.EFI", qemu.X86_64), ("BOOTAA64.EFI", qemu.ARM64)):
+                    if f"efi/boot/{name}".casefold() in paths:
+                        return arch
+    except (FormatError, OSError):
+        return None
+    return None
+
+
+def _pxe_boot_file(directory: Path) -> str | None:
+    for name in ("bootx64.efi", "bootaa64.efi"):
+        if (directory / name).is_file() and not (directory / "EFI").exists():
+            return name
+    return None
+
+
 def run(output: Path, *, arch: str | None = None, memory: str = "2G") -> int:
-    """Boot `output` (a unified image or an ESP directory) and return QEMU's exit code."""
+    """Boot `output` (a unified image, an ESP directory or a GPT disk image) and return QEMU's
+    exit code."""
     if not output.exists():
         raise HlimageError(
             "no such file or directory; give an output of hlimage build", where=output
         )
     with tempfile.TemporaryDirectory(prefix="hlimage-run-") as scratch:
         work = Path(scratch)
-        if output.is_dir():
+        pxe_boot_file = _pxe_boot_file(output) if output.is_dir() else None
+        if pxe_boot_file is not None:
+            # A PXE tree: the firmware's own network client loads it over QEMU's TFTP.
+            media = qemu.Media(tftp_dir=output.resolve(), bootfile=pxe_boot_file)
+            arch = arch or (qemu.X86_64 if pxe_boot_file == "bootx64.efi" else qemu.ARM64)
+        elif output.is_dir():
+            if not (output / "EFI" / "BOOT").is_dir():
+                raise HlimageError(
+                    "a directory without EFI/BOOT: give an ESP, disk, PXE tree or unified image "
+                    "(a grub directory needs a GRUB loader; build grub-standalone to boot it)",
+                    where=output,
+                )
             media = qemu.Media(esp_dir=output.resolve())
             arch = arch or _esp_arch(output)
+        elif is_gpt_disk(output):
+            media = qemu.Media(disk_image=output.resolve())
+            arch = arch or _disk_arch(output)
         else:
             arch = arch or _pe_arch(output)
             if arch is None:
                 raise HlimageError(
-                    "not a unified image or ESP directory hlimage can boot; pass --arch if it is "
-                    "a disk image",
+                    "not a unified image, ESP directory or GPT disk image hlimage can boot; give "
+                    "an output of hlimage build",
                     where=output,
                 )
             esp = work / "esp"

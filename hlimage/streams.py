@@ -17,8 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-import numpy as np
-
+from hlimage import progress
 from hlimage.errors import HlimageError
 
 CHUNK = 1 << 20
@@ -38,6 +37,9 @@ class ChecksumAccumulator:
 
     @staticmethod
     def _weight(offset: int, data: bytes | bytearray | memoryview) -> int:
+        # Imported here: numpy takes ~40 ms to import, which inspect and check need not pay.
+        import numpy as np
+
         view = memoryview(data).cast("B")
         length = len(view)
         whole = length & ~3
@@ -172,7 +174,9 @@ def copy_stream(
     digest = hashlib.sha256()
     size = 0
     pending: Future[None] | None = None
-    with ThreadPoolExecutor(max_workers=1) as hasher:
+    exact = payload.exact_size
+    total = exact if exact is not None else payload.size_bound()
+    with progress.bar(payload.label, total) as bar, ThreadPoolExecutor(max_workers=1) as hasher:
         for chunk in payload.chunks():
             if pending is not None:
                 pending.result()
@@ -181,6 +185,8 @@ def copy_stream(
             if checksum is not None and position is not None:
                 checksum.update(position + size, chunk)
             size += len(chunk)
+            if bar is not None:
+                bar.update(size)
         if pending is not None:
             pending.result()
     return StreamResult(size, digest.hexdigest())
@@ -202,7 +208,11 @@ def _copy_region(
     in_flight: deque[Future[None]] = deque()
     done = 0
     index = 0
-    with _open_input(region.path) as source, ThreadPoolExecutor(max_workers=1) as hasher:
+    with (
+        _open_input(region.path) as source,
+        progress.bar(region.label, region.length) as bar,
+        ThreadPoolExecutor(max_workers=1) as hasher,
+    ):
         source.seek(region.offset)
         while done < region.length:
             if len(in_flight) == RING:
@@ -219,6 +229,8 @@ def _copy_region(
             if checksum is not None and position is not None:
                 checksum.update(position + done, view)
             done += count
+            if bar is not None:
+                bar.update(done)
         while in_flight:
             in_flight.popleft().result()
     return StreamResult(done, digest.hexdigest())
@@ -235,14 +247,17 @@ def copy_range(
     """Copy `length` bytes from `offset` of `source` to the output's current position."""
     source.seek(offset)
     done = 0
-    while done < length:
-        chunk = source.read(min(CHUNK, length - done))
-        if not chunk:
-            raise HlimageError("input file shrank while it was being read")
-        out.write(chunk)
-        if checksum is not None and position is not None:
-            checksum.update(position + done, chunk)
-        done += len(chunk)
+    with progress.bar(str(getattr(source, "name", "")), length) as bar:
+        while done < length:
+            chunk = source.read(min(CHUNK, length - done))
+            if not chunk:
+                raise HlimageError("input file shrank while it was being read")
+            out.write(chunk)
+            if checksum is not None and position is not None:
+                checksum.update(position + done, chunk)
+            done += len(chunk)
+            if bar is not None:
+                bar.update(done)
 
 
 def file_sha256(path: Path | str) -> str:

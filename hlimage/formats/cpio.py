@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import stat
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ TRAILER = "TRAILER!!!"
 HEADER_SIZE = 110
 # A reader must not trust a header to allocate: names are short, file data is skipped.
 MAX_NAME = 4096
+_HEX_FIELDS = re.compile(rb"[0-9A-Fa-f]{104}")
 
 
 @dataclass(frozen=True)
@@ -103,10 +105,10 @@ def members(stream: BinaryIO, limit: int | None = None) -> Iterator[Member]:
             if not header.strip(b"\0"):
                 return  # zero padding between or after archives
             raise FormatError("not a newc cpio archive (bad magic)")
-        try:
-            fields = [int(header[6 + 8 * i : 14 + 8 * i], 16) for i in range(13)]
-        except ValueError:
-            raise FormatError("cpio header has a field that is not hexadecimal") from None
+        # int() would also take a sign, spaces or '_': a negative size must not reach seek().
+        if not _HEX_FIELDS.fullmatch(header[6:]):
+            raise FormatError("cpio header has a field that is not hexadecimal")
+        fields = [int(header[6 + 8 * i : 14 + 8 * i], 16) for i in range(13)]
         mode, filesize, namesize = fields[1], fields[6], fields[11]
         if namesize == 0 or namesize > MAX_NAME:
             raise FormatError(f"cpio header has a bad name size ({namesize})")

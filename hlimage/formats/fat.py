@@ -25,10 +25,9 @@ from datetime import UTC, datetime
 from typing import BinaryIO, NamedTuple
 
 import construct as c
-import numpy as np
 
 from hlimage.errors import FormatError, HlimageError
-from hlimage.streams import CHUNK, Payload, copy_stream
+from hlimage.streams import CHUNK, Payload, Region, copy_stream
 
 SECTOR = 512
 MIB = 1 << 20
@@ -803,6 +802,9 @@ def _boot_sector(layout: Geometry, volume_id: int, label: bytes | None, hidden: 
 
 def _fat_chunks(layout: Geometry, runs: Sequence[tuple[int, int]]) -> Iterator[bytes]:
     """One FAT, a slice at a time: each (first cluster, count) run chained and terminated."""
+    # Imported here: numpy takes ~40 ms to import, which reading a volume need not pay.
+    import numpy as np
+
     fat32 = layout.fat_type == 32
     dtype = np.dtype("<u4" if fat32 else "<u2")
     end_of_chain = 0x0FFFFFFF if fat32 else 0xFFFF
@@ -946,7 +948,12 @@ def write(
         assert node.payload is not None
         if node.clusters:
             out.seek(offset + layout.cluster_offset(node.first_cluster))
-        result = copy_stream(_Checked(node.payload, node.size), out)
+        payload = node.payload
+        if not (isinstance(payload, Region) and payload.length == node.size):
+            # A file region is copied to its length exactly (its fast path, reusing buffers);
+            # anything else is held to the size its directory entry announced.
+            payload = _Checked(payload, node.size)
+        result = copy_stream(payload, out)
         _write_padded(out, b"", node.clusters * layout.cluster_size - result.size)
         written.append(WrittenFile(node.path, result.size, result.sha256, node.first_cluster))
 

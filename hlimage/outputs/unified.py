@@ -13,10 +13,10 @@ import pefile
 
 from hlimage.atomic import atomic_file
 from hlimage.errors import FormatError, HlimageError
-from hlimage.formats import pe
+from hlimage.formats import pe, sbat
 from hlimage.messages import note, warn
 from hlimage.model import Arch, System
-from hlimage.payloads import initrd_payload, kernel_payload
+from hlimage.payloads import article, initrd_payload, kernel_payload
 from hlimage.report import Artifact, BuildReport
 from hlimage.streams import BytesPayload, Payload, Region
 from hlimage.xen import efi, policy
@@ -52,14 +52,25 @@ def probe_xen_efi(system: System) -> XenEfi:
     xen = probe_efi(_require_efi(system))
     if xen.arch != system.arch.value:
         raise HlimageError(
-            f'[xen] efi: a {xen.arch} Xen, but [image] arch is "{system.arch.value}"; give the '
-            f"{system.arch.value} xen.efi",
+            f"[xen] efi: {article(xen.arch)} Xen, but [image] arch is "
+            f'"{system.arch.value}"; give the {system.arch.value} xen.efi',
             where=system.xen.efi,
         )
     return xen
 
 
 def build(system: System, output: Path, *, replace: bool = False) -> BuildReport:
+    xen, plan = sections(system)
+    return write(system, xen, output, plan, replace=replace)
+
+
+def check(system: System) -> None:
+    """Everything build does before it writes."""
+    sections(system)
+
+
+def sections(system: System) -> tuple[XenEfi, list[SectionPlan]]:
+    """The probed Xen image and the sections to add, each input checked."""
     policy.check_domains(system)
     xen = probe_xen_efi(system)
     if len(system.domains) != 1 or not system.domains[0].is_classic_dom0:
@@ -93,33 +104,26 @@ def build(system: System, output: Path, *, replace: bool = False) -> BuildReport
         plan.append(SectionPlan(".xsm", "xsm", Region(system.xen.xsm)))
     if system.xen.ucode is not None:
         plan.append(SectionPlan(".ucode", "ucode", Region(system.xen.ucode)))
-    return write(system, xen, output, plan, replace=replace)
+    if system.xen.sbat is not None:
+        # Last, so that adding it leaves every other section where it was.
+        try:
+            data = sbat.section_data(sbat.read(system.xen.sbat))
+        except FormatError as error:
+            raise HlimageError(f"[xen] sbat: {error}", where=system.xen.sbat) from None
+        plan.append(SectionPlan(".sbat", "sbat", BytesPayload(data, str(system.xen.sbat))))
+    return xen, plan
 
 
 def write(
     system: System, xen: XenEfi, output: Path, plan: list[SectionPlan], *, replace: bool
 ) -> BuildReport:
     names = {section.name for section in plan}
-    present = [name for name in xen.payload_sections if name in names]
+    present = [s.name for s in xen.image.sections if s.name in names]
     if present and (not replace or system.arch is Arch.ARM64):
         fix = "pass --replace to swap them" if system.arch is Arch.X86_64 else "give the plain one"
         raise HlimageError(
             f"[xen] efi: already has {', '.join(present)}; give a plain xen.efi, or {fix}",
             where=xen.path,
-        )
-    if xen.signed:
-        warn(
-            f"{xen.path}: its Authenticode signature is removed (adding sections breaks it); "
-            "sign the output afterwards"
-        )
-    if xen.debug_sections:
-        note(f"dropping {len(xen.debug_sections)} debug sections of {xen.path.name}")
-
-    payload_total = sum(section.payload.size_bound() for section in plan)
-    if payload_total > LARGE_PAYLOAD:
-        warn(
-            f"payloads total {payload_total >> 20} MiB: firmware may load an image this large "
-            "above 4 GiB, where Xen refuses to start; 256 MiB is known to boot"
         )
     new = [pe.NewSection(s.name, s.payload, alignment=X86_MODULE_ALIGN) for s in plan]
     with xen.path.open("rb") as source:
@@ -130,14 +134,18 @@ def write(
                     return section.is_debug or (replace and section.name in names)
 
                 writer = pe.PeWriter(source, xen.image, drop=drop)
-                rvas = writer.plan_rvas([(s.payload.size_bound(), X86_MODULE_ALIGN) for s in plan])
-                _check_below_4g(system, rvas[-1] + plan[-1].payload.size_bound())
+                # Known sizes only: an estimate (of an initrd still to be recompressed) could
+                # refuse an image that fits; the check after writing sees the real end.
+                known = [(s.payload.exact_size or 0, X86_MODULE_ALIGN) for s in plan]
+                _check_below_4g(system, writer.plan_rvas(known)[-1] + known[-1][0])
+                _warn_before_writing(xen, plan)
                 with atomic_file(output) as out:
                     result = writer.write(new, out)
                     _check_below_4g(system, result.size_of_image)
                     out.flush()
                     _self_check(out.name, result)
             else:
+                _warn_before_writing(xen, plan)
                 with atomic_file(output) as out:
                     result = pe.wrap_image(source, xen.image, new, out)
                     out.flush()
@@ -156,6 +164,23 @@ def write(
             )
         )  # fmt: skip
     return report
+
+
+def _warn_before_writing(xen: XenEfi, plan: list[SectionPlan]) -> None:
+    """Once the build is known to go ahead, so that a refused build prints only its error."""
+    if xen.signed:
+        warn(
+            f"{xen.path}: its Authenticode signature is removed (adding sections breaks it); "
+            "sign the output afterwards"
+        )
+    if xen.debug_sections:
+        note(f"dropping {len(xen.debug_sections)} debug sections of {xen.path.name}")
+    payload_total = sum(section.payload.size_bound() for section in plan)
+    if payload_total > LARGE_PAYLOAD:
+        warn(
+            f"payloads total {payload_total >> 20} MiB: firmware may load an image this large "
+            "above 4 GiB, where Xen refuses to start; 256 MiB is known to boot"
+        )
 
 
 def _check_below_4g(system: System, image_end: int) -> None:

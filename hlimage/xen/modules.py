@@ -11,6 +11,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from hlimage.errors import HlimageError
 from hlimage.model import Domain, System
 from hlimage.payloads import initrd_payload, kernel_payload
 from hlimage.streams import Payload, Region
@@ -20,6 +21,7 @@ RAMDISK = "ramdisk"
 PASSTHROUGH_DTB = "device-tree"
 XSM = "xsm"
 UCODE = "ucode"
+FDT_MAGIC = bytes.fromhex("d00dfeed")
 
 
 @dataclass(frozen=True)
@@ -98,6 +100,13 @@ def domain_modules(system: System, domain: Domain, namer: _Namer | None = None) 
         )
     if domain.passthrough_dtb is not None:
         payload = Region(domain.passthrough_dtb)
+        if payload.head(4) != FDT_MAGIC:
+            # Xen would only find out at boot, and panic.
+            raise HlimageError(
+                f'[[domain]] "{domain.name}" passthrough_dtb: not a device tree blob (no FDT '
+                "magic); give the partial device tree compiled with dtc -O dtb",
+                where=domain.passthrough_dtb,
+            )
         name = namer.name(domain.passthrough_dtb.name, prefix, _source(payload))
         modules.append(Module(PASSTHROUGH_DTB, payload, name, domain))
     return modules

@@ -35,8 +35,8 @@ def check_domains(system: System) -> None:
         names = ", ".join(f'"{d.name}"' for d in hardware)
         raise fail(
             system,
-            f"capabilities: {names} all have 'hardware'; Xen builds one hardware domain, "
-            "keep 'hardware' on one domain",
+            f"[[domain]] capabilities: {names} all have 'hardware'; Xen builds one hardware "
+            "domain, keep 'hardware' on one domain",
         )
     binding = system.resolved_binding
     if system.arch is Arch.X86_64 and not hardware:
@@ -157,4 +157,6 @@ def check_dom0less_domain(system: System, domain: Domain) -> None:
     xenstore = [d for d in system.domains if Capability.XENSTORE in d.capabilities]
     if len(xenstore) > 1:
         names = ", ".join(f'"{d.name}"' for d in xenstore)
-        raise fail(system, f"capabilities: {names} all have 'xenstore'; give it to one domain")
+        raise fail(
+            system, f"[[domain]] capabilities: {names} all have 'xenstore'; give it to one domain"
+        )

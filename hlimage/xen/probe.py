@@ -98,6 +98,15 @@ def probe_efi(path: Path, *, key: str = "[xen] efi") -> XenEfi:
         with path.open("rb") as stream:
             image = pe.parse(stream)
     except FormatError as error:
+        head = Region(path).head(4)
+        if compression.detect(head) == compression.GZIP or head == b"\x7fELF":
+            # The other Xen image of the same build: an easy slip between two keys.
+            what = "gzip data" if head[:2] == b"\x1f\x8b" else "an ELF file"
+            raise HlimageError(
+                f"{key}: {what} (Xen's multiboot image xen.gz or xen?), not a PE image; give "
+                "xen.efi here, and xen.gz as [xen] multiboot",
+                where=path,
+            ) from None
         raise HlimageError(f"{key}: {error}; give Xen's xen.efi", where=path) from None
     except OSError as error:
         raise HlimageError(f"{key}: cannot read: {error.strerror}", where=path) from None

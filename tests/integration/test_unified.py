@@ -295,7 +295,7 @@ def test_wrong_arch_kernel(x86_system: Path, tmp_path: Path) -> None:
     path = write_description(tmp_path, description, "bad.toml")
     result = run_cli("build", path, "--format", "unified", "-o", tmp_path / "out.efi")
     assert result.code == 2
-    assert re.search(r'kernel: a arm64 kernel .* but \[image\] arch is "x86_64"', result.stderr)
+    assert re.search(r'kernel: an arm64 kernel .* but \[image\] arch is "x86_64"', result.stderr)
     assert not (tmp_path / "out.efi").exists()
 
 

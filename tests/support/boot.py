@@ -25,6 +25,7 @@ FATAL = (
     "Manual reset required",
     "must be loaded below 4Gb",
     "Shell> ",
+    "grub> ",
     "UiApp",
     "Couldn't obtain the File System",
     "Synchronous Exception",

@@ -55,10 +55,13 @@ PACKAGES_ARM64 = (
     ),
     Package("linux-image-cloud-arm64", {"boot/vmlinuz-*": "arm64/Image"}, arch="arm64"),
     Package("busybox-static", {"bin/busybox": "arm64/busybox"}, arch="arm64"),
+    # GRUB's arm64-efi modules, for grub-mkstandalone -O arm64-efi on any host.
+    Package("grub-efi-arm64-bin", {"usr/lib/grub/arm64-efi": "arm64/grub-arm64-efi"}, arch="arm64"),
 )
 PACKAGES = PACKAGES_X86 + PACKAGES_ARM64
 
 ARM64_DTB = "arm64/virt-gicv3.dtb"
+ARM64_GRUB = "arm64/grub-arm64-efi"
 
 
 def path(name: str) -> Path:
@@ -68,7 +71,7 @@ def path(name: str) -> Path:
 def missing() -> list[str]:
     names = [target for package in PACKAGES for target in package.files.values()]
     names.append(ARM64_DTB)
-    return [name for name in names if not path(name).is_file()]
+    return [name for name in names if not path(name).exists()]
 
 
 def _debian_uri() -> str:
@@ -152,7 +155,7 @@ def fetch(verbose: bool = True) -> None:
     debs.mkdir(parents=True, exist_ok=True)
     apts: dict[str, Apt] = {}
     for package in PACKAGES:
-        if all(path(target).is_file() for target in package.files.values()):
+        if all(path(target).exists() for target in package.files.values()):
             continue
         apt = apts.setdefault(package.suite, Apt(package.suite, work))
         resolved = apt.resolve(package.name, package.arch)
@@ -167,6 +170,9 @@ def fetch(verbose: bool = True) -> None:
                     raise SystemExit(f"{deb.name} has no {member}")
                 destination = path(target)
                 destination.parent.mkdir(parents=True, exist_ok=True)
+                if matches[-1].is_dir():
+                    shutil.copytree(matches[-1], destination, dirs_exist_ok=True)
+                    continue
                 shutil.copyfile(matches[-1], destination)
                 os.chmod(destination, 0o644 if "busybox" not in target else 0o755)
     if not path(ARM64_DTB).is_file():
