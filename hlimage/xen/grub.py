@@ -208,15 +208,25 @@ def _x86(system: System, layout: Layout, prelude: list[str]) -> Stanza:
         options.append("ucode=-1")  # the microcode module is the last one
     xen_args = _xen_cmdline(system, options)
     entry.lines.append(f"multiboot2 {xen_path} placeholder {words(xen_args)} ${{xen_rm_opts}}")
+    entry.lines += _module_lines(paths, modules, "module2", kernel_argv0="placeholder ")
+    return Stanza(entry, paths.files)
+
+
+def _module_lines(
+    paths: _Paths, modules: list[Module], command: str, *, kernel_argv0: str = ""
+) -> list[str]:
+    """One load command per module: the kernel with its command line, initrds not unpacked
+    (Xen and Linux want them as they are), the rest plain."""
+    lines = []
     for module in modules:
         word = paths.add_module(module, _module_key(module))
         if module.role == boot_modules.KERNEL:
-            entry.lines.append(f"module2 {word} placeholder {words(module.cmdline)}".rstrip())
+            lines.append(f"{command} {word} {kernel_argv0}{words(module.cmdline)}".rstrip())
         elif module.role == boot_modules.RAMDISK:
-            entry.lines.append(f"module2 --nounzip {word}")
+            lines.append(f"{command} --nounzip {word}")
         else:
-            entry.lines.append(f"module2 {word}")
-    return Stanza(entry, paths.files)
+            lines.append(f"{command} {word}")
+    return lines
 
 
 def _module_key(module: Module) -> str:
@@ -249,14 +259,7 @@ def _arm64(system: System, layout: Layout, prelude: list[str]) -> Stanza:
     )
     xen_args = _xen_cmdline(system, policy.dom0_xen_options(system, dom0))
     entry.lines.append(f"xen_hypervisor {xen_path} {words(xen_args)}".rstrip())
-    for module in boot_modules.all_modules(system):
-        word = paths.add_module(module, _module_key(module))
-        if module.role == boot_modules.KERNEL:
-            entry.lines.append(f"xen_module {word} {words(module.cmdline)}".rstrip())
-        elif module.role == boot_modules.RAMDISK:
-            entry.lines.append(f"xen_module --nounzip {word}")
-        else:
-            entry.lines.append(f"xen_module {word}")
+    entry.lines += _module_lines(paths, boot_modules.all_modules(system), "xen_module")
     return Stanza(entry, paths.files)
 
 

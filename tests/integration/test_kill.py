@@ -21,7 +21,7 @@ import pytest
 from hlimage.atomic import TEMP_MARK
 from hlimage.streams import file_sha256
 from tests.conftest import require
-from tests.support import payloads
+from tests.support import descriptions, payloads
 
 KILLS = 8
 LARGE = 320 << 20
@@ -53,28 +53,6 @@ KINDS = [
 ]
 
 
-def description(directory: Path, initrd: str, name: str, memory: str) -> Path:
-    cache = payloads.CACHE
-    path = directory / name
-    path.write_text(
-        f"""[image]
-arch = "x86_64"
-
-[xen]
-efi = "{cache / "x86_64/xen.efi"}"
-multiboot = "{cache / "x86_64/xen.gz"}"
-cmdline = "console=com1"
-
-[[domain]]
-name = "dom0"
-kernel = "{cache / "x86_64/vmlinuz"}"
-initrd = "{initrd}"
-memory = "{memory}"
-"""
-    )
-    return path
-
-
 @pytest.fixture(scope="module")
 def inputs(cache: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """(small description, large description): the same system, the large one's initrd a
@@ -88,8 +66,10 @@ def inputs(cache: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path,
         stream.truncate(LARGE)
     # Different memory too, so that the LCM (which names no file contents) differs as well.
     return (
-        description(directory, "small.img", "small.toml", "256M"),
-        description(directory, "large.img", "large.toml", "512M"),
+        descriptions.x86_classic(
+            directory, name="small.toml", initrd_name="small.img", memory="256M"
+        ),
+        descriptions.x86_classic(directory, name="large.toml", initrd_name="large.img"),
     )
 
 

@@ -60,10 +60,18 @@ memory = "{guest.memory}"
     return path
 
 
-def x86_classic(directory: Path, *, name: str = "hlimage.toml", extra: str = "") -> Path:
+def x86_classic(
+    directory: Path,
+    *,
+    name: str = "hlimage.toml",
+    extra: str = "",
+    initrd_name: str | None = None,
+    memory: str = "512M",
+) -> Path:
+    """dom0 with a marker initramfs, or with `initrd_name` (a file the caller provides)."""
     cache = payloads.CACHE
-    initrd = directory / "dom0.cpio.gz"
-    if not initrd.exists():
+    initrd = directory / (initrd_name or "dom0.cpio.gz")
+    if initrd_name is None and not initrd.exists():
         payloads.make_initramfs("x86_64", "dom0", initrd)
     path = directory / name
     path.write_text(
@@ -80,7 +88,7 @@ name = "dom0"
 kernel = "{cache / "x86_64/vmlinuz"}"
 initrd = "{initrd.name}"
 cmdline = "console=hvc0 earlyprintk=xen"
-memory = "512M"
+memory = "{memory}"
 {extra}"""
     )
     return path
