@@ -6,7 +6,7 @@ from pathlib import Path
 
 from hlimage import qemu
 from tests.conftest import run_cli, write_description
-from tests.support import payloads
+from tests.support import descriptions, payloads
 from tests.support.boot import boot
 
 
@@ -51,24 +51,7 @@ def test_arm64_unified_image_boots(
     qemu_arm64: str, cache: Path, tmp_path: Path, boot_log: Path
 ) -> None:
     """arm64: a new PE wraps xen.efi (its own header has no room for more sections)."""
-    payloads.make_initramfs("arm64", "dom0", tmp_path / "initrd.gz")
-    description = write_description(
-        tmp_path,
-        f"""
-[image]
-arch = "arm64"
-[xen]
-efi = "{cache / "arm64/xen.efi"}"
-dtb = "{cache / payloads.ARM64_DTB}"
-cmdline = "console=dtuart loglvl=all guest_loglvl=all"
-[[domain]]
-name = "dom0"
-kernel = "{cache / "arm64/Image"}"
-initrd = "initrd.gz"
-cmdline = "console=hvc0 earlycon=xenboot"
-memory = "512M"
-""",
-    )
+    description = descriptions.arm64(tmp_path, [])  # dom0 only
     esp = tmp_path / "esp"
     (esp / "EFI" / "BOOT").mkdir(parents=True)
     result = run_cli("build", description, "-f", "unified", "-o", esp / "EFI/BOOT/BOOTAA64.EFI",
