@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from hlimage.errors import FormatError, HlimageError
-from hlimage.formats import authenticode, pe
+from hlimage.formats import align_up, authenticode, pe
 from hlimage.streams import CHUNK, ChecksumAccumulator, copy_range
 
 DIGEST_ALGORITHM = "sha256"
@@ -188,7 +188,7 @@ def sign_image(
                     where=input,
                 )
             content_end = offset
-        data_size = pe.align_up(content_end, authenticode.CERTIFICATE_TABLE_ALIGNMENT)
+        data_size = align_up(content_end, authenticode.CERTIFICATE_TABLE_ALIGNMENT)
 
         checksum = ChecksumAccumulator()
         output.seek(0)

@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
 from hlimage.errors import FormatError
-from hlimage.formats import pe
+from hlimage.formats import align_up, pe
 from hlimage.streams import CHUNK
 
 SPC_INDIRECT_DATA = "1.3.6.1.4.1.311.2.1.4"
@@ -663,9 +663,7 @@ def win_certificate(signed_data: bytes) -> bytes:
             wCertificateType=WIN_CERT_TYPE_PKCS_SIGNED_DATA,
         )
     )
-    return (
-        header + signed_data + b"\0" * (pe.align_up(length, CERTIFICATE_TABLE_ALIGNMENT) - length)
-    )
+    return header + signed_data + b"\0" * (align_up(length, CERTIFICATE_TABLE_ALIGNMENT) - length)
 
 
 def read_certificate_table(stream: BinaryIO, image: pe.PeImage) -> tuple[WinCertificate, ...]:
@@ -701,7 +699,7 @@ def read_certificate_table(stream: BinaryIO, image: pe.PeImage) -> tuple[WinCert
                 table[position + WIN_CERTIFICATE_HEADER_SIZE : position + length],
             )
         )
-        position += pe.align_up(length, CERTIFICATE_TABLE_ALIGNMENT)
+        position += align_up(length, CERTIFICATE_TABLE_ALIGNMENT)
     if any(table[position:]):
         raise FormatError("junk after the last certificate table entry")
     return tuple(entries)

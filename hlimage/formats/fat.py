@@ -27,6 +27,7 @@ from typing import BinaryIO, NamedTuple
 import construct as c
 
 from hlimage.errors import FormatError, HlimageError
+from hlimage.formats import align_up
 from hlimage.streams import CHUNK, Payload, Region, copy_stream
 
 SECTOR = 512
@@ -199,10 +200,6 @@ def _ceil_div(value: int, divisor: int) -> int:
     return -(-value // divisor)
 
 
-def _align_up(value: int, alignment: int) -> int:
-    return _ceil_div(value, alignment) * alignment
-
-
 def short_name_checksum(short_name: bytes) -> int:
     """The checksum each long-name entry carries of the 11-byte short name it belongs to."""
     total = 0
@@ -293,7 +290,7 @@ def geometry(
     def reserved_for(fat_sectors: int) -> int:
         if not fat32:
             return base_reserved
-        metadata = _align_up(base_reserved + NUM_FATS * fat_sectors, sectors_per_cluster)
+        metadata = align_up(base_reserved + NUM_FATS * fat_sectors, sectors_per_cluster)
         return metadata - NUM_FATS * fat_sectors
 
     def clusters_for(fat_sectors: int) -> int:
@@ -577,7 +574,7 @@ class _Needs:
                     f"directory {directory.path or '/'!r} would need more than "
                     f"{MAX_DIR_ENTRIES} entries"
                 )
-        self.root_entries = max(FAT16_ROOT_ENTRIES, _align_up(self.entries[id(root)], 16))
+        self.root_entries = max(FAT16_ROOT_ENTRIES, align_up(self.entries[id(root)], 16))
         # FAT16's root directory has a fixed size, counted in 16 bits.
         self.fat16_root_fits = self.root_entries <= FAT16_MAX_ROOT_ENTRIES
         self.content = sum(node.size for node in files)
@@ -675,7 +672,7 @@ def plan(
     else:
         spare = default_headroom(needs.content) if headroom is None else headroom
         smallest = needs.smallest(spare)
-        rounded = _align_up(smallest.total_sectors, MIB // SECTOR)
+        rounded = align_up(smallest.total_sectors, MIB // SECTOR)
         # Rounding up can cross into fatgen's next cluster size; keep the exact size then.
         layout = needs.geometry_for(rounded, spare) or smallest
     _allocate(layout, needs)

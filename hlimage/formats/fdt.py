@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import construct as c
 
 from hlimage.errors import FormatError
+from hlimage.formats import align_up
 
 FDT_MAGIC = 0xD00DFEED
 FDT_BEGIN_NODE = 1
@@ -198,7 +199,7 @@ class DeviceTree:
         structure = bytes(writer.out)
         strings = bytes(writer.strings)
 
-        off_mem_rsvmap = _align(HEADER_SIZE, 8)
+        off_mem_rsvmap = align_up(HEADER_SIZE, 8)
         off_dt_struct = off_mem_rsvmap + len(reserve_map)
         off_dt_strings = off_dt_struct + len(structure)
         totalsize = off_dt_strings + len(strings)
@@ -414,10 +415,6 @@ def _split_path(path: str) -> list[str]:
     if not path.startswith("/"):
         raise FormatError(f"device tree path {path!r} is not absolute")
     return [name for name in path.split("/") if name]
-
-
-def _align(value: int, alignment: int) -> int:
-    return (value + alignment - 1) // alignment * alignment
 
 
 # Values. Cells are big-endian 32-bit words; strings are NUL-terminated.

@@ -19,6 +19,7 @@ from typing import BinaryIO
 import construct as c
 
 from hlimage.errors import FormatError
+from hlimage.formats import align_up
 
 MIB = 1 << 20
 SECTOR = 512
@@ -94,10 +95,6 @@ assert GptHeader.sizeof() == HEADER_SIZE
 assert PartitionEntry.sizeof() == ENTRY_SIZE
 
 
-def _align_up(value: int, alignment: int) -> int:
-    return -(-value // alignment) * alignment
-
-
 def guid_from(*parts: bytes) -> uuid.UUID:
     """A GUID that is a function of `parts`: a sha256, shaped as an RFC 4122 version 4 UUID.
 
@@ -154,16 +151,16 @@ def layout(partition_sizes: Sequence[int], *, align: int = MIB, sector: int = SE
     if align < sector or align % sector:
         raise FormatError(f"partition alignment {align} is not a multiple of {sector}")
     array = entry_array_sectors(sector)
-    position = _align_up((2 + array) * sector, align)
+    position = align_up((2 + array) * sector, align)
     extents = []
     for size in partition_sizes:
         if size <= 0:
             raise FormatError(f"a partition of {size} bytes")
-        start = _align_up(position, align)
-        length = _align_up(size, sector)
+        start = align_up(position, align)
+        length = align_up(size, sector)
         extents.append(Extent(start // sector, (start + length) // sector - 1, sector))
         position = start + length
-    disk_size = _align_up(position + (array + 1) * sector, align)
+    disk_size = align_up(position + (array + 1) * sector, align)
     return Layout(disk_size, sector, tuple(extents))
 
 

@@ -15,6 +15,7 @@ from typing import BinaryIO
 import construct as c
 
 from hlimage.errors import FormatError
+from hlimage.formats import align_up
 from hlimage.streams import ChecksumAccumulator, Payload, StreamResult, copy_range, copy_stream
 
 MACHINE_AMD64 = 0x8664
@@ -135,12 +136,6 @@ MAX_HEADER_BYTES = 1 << 20
 # The PE specification's limit is 64 KiB; section alignment is a page or a large page.
 MAX_FILE_ALIGNMENT = 1 << 16
 MAX_SECTION_ALIGNMENT = 1 << 30
-
-
-def align_up(value: int, alignment: int) -> int:
-    if alignment <= 1:
-        return value
-    return (value + alignment - 1) // alignment * alignment
 
 
 @dataclass(frozen=True)
