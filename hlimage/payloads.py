@@ -6,8 +6,10 @@ initrd Linux cannot unpack is an error naming the description key.
 
 from __future__ import annotations
 
+import functools
 import struct
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 
 from hlimage.errors import FormatError, HlimageError
 from hlimage.formats import compression
@@ -28,12 +30,22 @@ def article(word: str) -> str:
     return ("an " if word[:1].lower() in "aeiox" else "a ") + word
 
 
+@functools.lru_cache(maxsize=64)
+def _probe_kernel(path: Path, size: int, mtime_ns: int) -> KernelInfo:
+    """Keyed by size and time too: a kernel file rewritten since is probed again."""
+    return probe_kernel(Region(path))
+
+
 def kernel_info(system: System, domain: Domain) -> KernelInfo:
     key = f"{_label(domain)} kernel"
     try:
-        info = probe_kernel(Region(domain.kernel))
+        # Domains often share one kernel; a gzip'd one is read whole to probe it, so only once.
+        status = domain.kernel.stat()
+        info = _probe_kernel(domain.kernel.resolve(), status.st_size, status.st_mtime_ns)
     except FormatError as error:
         raise HlimageError(f"{key}: {error}", where=domain.kernel) from None
+    except OSError as error:
+        raise HlimageError(f"{key}: cannot read: {error.strerror}", where=domain.kernel) from None
     if info.kind.endswith("multiboot2 elf"):
         raise HlimageError(
             f"{key}: a multiboot2 image (Xen's own xen.gz?), not a Linux kernel; give the "
