@@ -17,7 +17,35 @@ from hlimage import __version__
 
 # Kept here, not imported from hlimage.trust, so that `hlimage --version` stays fast.
 PASSWORD_ENV = "HLIMAGE_KEY_PASSWORD"
-FORMATS = ("unified", "esp", "disk", "grub", "grub-standalone", "pxe")
+
+
+class FormatChoice(click.Choice):  # type: ignore[type-arg]
+    """The output registry's format names, read only when an option is parsed or its help
+    shown: the registry imports every output module."""
+
+    def __init__(self) -> None:
+        super().__init__(())
+
+    @property  # type: ignore[override]
+    def choices(self) -> list[str]:
+        from hlimage.outputs import registry
+
+        return registry.names()
+
+    @choices.setter
+    def choices(self, value: object) -> None:
+        pass
+
+
+class BuildCommand(click.Command):
+    """`hlimage build`, whose help lists the formats from the registry."""
+
+    def format_help_text(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        from hlimage.outputs import registry
+
+        super().format_help_text(ctx, formatter)
+        with formatter.section("Formats (--format)"):
+            formatter.write_dl([(f.name, f.summary) for f in registry.formats()])
 
 
 def _load(config: Path) -> Any:
@@ -56,10 +84,10 @@ def cli(quiet: bool) -> None:
     messages.quiet = quiet
 
 
-@cli.command()
+@cli.command(cls=BuildCommand)
 @click.argument("config", type=click.Path(path_type=Path))
 @click.option(
-    "-f", "--format", "output_format", type=click.Choice(FORMATS), required=True,
+    "-f", "--format", "output_format", type=FormatChoice(), required=True,
     help="What to build (the formats are listed above).",
 )  # fmt: skip
 @click.option(
@@ -117,16 +145,7 @@ def build(
     prefix: str | None,
     grub_lib: Path | None,
 ) -> None:
-    """Build boot media from the description CONFIG.
-
-    \b
-    Formats (--format):
-      unified          one PE file: Xen with dom0's kernel, initrd and xen.cfg inside
-      esp              a directory UEFI firmware boots: EFI/BOOT/BOOT*.EFI and its files
-      disk             a GPT disk image holding that ESP, to dd to a USB stick
-      grub             grub.cfg and the files it names (--prefix for /boot or TFTP)
-      grub-standalone  one GRUB EFI binary with Xen and every module in its memdisk
-      pxe              a TFTP/HTTP root with the boot file a PXE or UEFI HTTP client loads
+    """Build boot media from the description CONFIG in the format FORMAT (listed below).
 
     OUTPUT is replaced whole or left as it was, and OUTPUT.manifest.json is written beside
     it (sha256 of every payload, Authenticode digests, no times). A copy of 64 MiB or more
@@ -136,6 +155,7 @@ def build(
     from hlimage.config import parse_size
     from hlimage.errors import HlimageError
     from hlimage.messages import note
+    from hlimage.outputs.registry import BuildOptions
 
     size_bytes = None
     if size is not None:
@@ -146,16 +166,9 @@ def build(
             )
     signing = _signing_key(key, cert, key_password_file)
     system = _load(config)
+    options = BuildOptions(replace=replace, size=size_bytes, prefix=prefix, grub_lib=grub_lib)
     report = build_module.build(
-        system,
-        output_format,
-        output,
-        replace=replace,
-        size=size_bytes,
-        signing=signing,
-        manifest=not no_manifest,
-        prefix=prefix,
-        grub_lib=grub_lib,
+        system, output_format, output, options, signing=signing, manifest=not no_manifest
     )
     note(f"wrote {report.output} ({output_format})")
 
@@ -172,8 +185,8 @@ def _signing_key(key: Path | None, cert: Path | None, password_file: Path | None
         raise HlimageError(
             f"{missing}: needed with {given}; signing takes a key and its certificate"
         )
-    # Imported only now: hlimage.trust brings in cryptography, 60 ms a build without a key
-    # need not pay.
+    # Imported only now: hlimage.trust brings in cryptography, 60 ms that a build without a key
+    # and without the manifest (--no-manifest) need not pay.
     from hlimage.trust import load_signing_key
 
     return load_signing_key(key, cert, password_file)
@@ -302,9 +315,9 @@ def check(config: Path, as_json: bool) -> None:
 
     --json prints a list of {"format": NAME, "problem": TEXT or null}, one per format.
     """
-    from hlimage.check import check as check_system
+    from hlimage.verdict import verdicts as format_verdicts
 
-    verdicts = check_system(_load(config))
+    verdicts = format_verdicts(_load(config))
     if as_json:
         click.echo(
             json.dumps([{"format": v.format, "problem": v.problem} for v in verdicts], indent=2)
@@ -361,30 +374,21 @@ def grub_config(
     """Print the GRUB menu entry that boots CONFIG (multiboot2 on x86, xen_hypervisor on arm64)."""
     from hlimage.atomic import atomic_file
     from hlimage.errors import HlimageError
-    from hlimage.xen import grub
+    from hlimage.xen import grub_entry
 
     if write_lcm and (lcm is None or not in_place):
         raise HlimageError("--write-lcm: needs --in-place and --lcm PATH")
-    layout = grub.Layout(prefix=prefix, in_place=in_place, relative_to=relative_to, lcm_path=lcm)
+    layout = grub_entry.Layout(
+        prefix=prefix, in_place=in_place, relative_to=relative_to, lcm_path=lcm
+    )
     lines = [line for line in prelude.splitlines() if line.strip()]
-    stanza = grub.stanza(_load(config), layout, prelude=lines)
+    stanza = grub_entry.stanza(_load(config), layout, prelude=lines)
     if write_lcm and stanza.lcm is not None:
         assert lcm is not None
         lcm.parent.mkdir(parents=True, exist_ok=True)
         with atomic_file(lcm) as out:
             out.write(stanza.lcm)
     click.echo(stanza.entry.render(), nl=False)
-
-
-# What `hlimage init` suggests building first, per the template's first declared format.
-_FIRST_BUILD = {
-    "unified": "--format unified -o xen-unified.efi",
-    "esp": "--format esp -o xen-esp",
-    "disk": "--format disk -o xen-disk.img",
-    "grub": "--format grub -o xen-grub",
-    "grub-standalone": "--format grub-standalone -o xen-grub.efi",
-    "pxe": "--format pxe -o xen-pxe",
-}
 
 
 def _complete_template(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[str]:
@@ -403,6 +407,7 @@ def init_command(template: str | None, directory: Path, force: bool) -> None:
     templates."""
     from hlimage import scaffold
     from hlimage.messages import note
+    from hlimage.outputs import registry
 
     if template is None:
         for known in scaffold.templates():
@@ -421,11 +426,13 @@ def init_command(template: str | None, directory: Path, force: bool) -> None:
     if "# Needs:" in chosen.text:
         lines.append("  - read the '# Needs:' comment at its top: which Xen it takes")
     lines.append(f"  - hlimage check {written.path}")
-    first = next((name for name in chosen.builds if name in _FIRST_BUILD or name == "lcm"), None)
+    outputs = {output.name: output for output in registry.formats()}
+    first = next((name for name in chosen.builds if name in outputs or name == "lcm"), None)
     if first == "lcm":
         lines.append(f"  - hlimage lcm {written.path} -o lcm.dtb")
     elif first is not None:
-        lines.append(f"  - hlimage build {written.path} {_FIRST_BUILD[first]}")
+        example = outputs[first].example
+        lines.append(f"  - hlimage build {written.path} --format {first} -o {example}")
     click.echo("\n".join(lines))
 
 

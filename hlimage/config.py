@@ -13,7 +13,6 @@ from typing import Any
 
 from hlimage.errors import HlimageError
 from hlimage.model import (
-    ALL_CAPABILITIES,
     Arch,
     Binding,
     Capability,
@@ -24,6 +23,7 @@ from hlimage.model import (
     System,
     Xen,
 )
+from hlimage.xen import policy
 
 _SIZE_RE = re.compile(r"^\s*(\d+)\s*([KMGT]?)(?:i?B)?\s*$", re.IGNORECASE)
 _SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
@@ -432,7 +432,7 @@ def from_document(path: Path, document: Mapping[str, Any]) -> System:
     # Which domain is dom0: with no capabilities anywhere, the one named dom0 gets all three.
     if not any("capabilities" in values for values in parsed_domains):
         for values in parsed_domains:
-            values["capabilities"] = ALL_CAPABILITIES if values["name"] == "dom0" else frozenset()
+            values["capabilities"] = policy.default_capabilities(values["name"])
     domains = tuple(
         Domain(**{**values, "initrd": values.get("initrd", ())}) for values in parsed_domains
     )

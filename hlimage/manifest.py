@@ -20,6 +20,7 @@ from hlimage.atomic import TEMP_MARK, atomic_file
 from hlimage.errors import FormatError, HlimageError
 from hlimage.formats import fat, gpt, pe
 from hlimage.model import System
+from hlimage.outputs import registry
 from hlimage.report import BuildReport
 from hlimage.streams import file_sha256
 
@@ -58,16 +59,17 @@ def _is_pe_name(name: str) -> bool:
 
 def _pe_images(report: BuildReport) -> list[dict[str, Any]]:
     output = report.output
+    where = registry.get(report.format).pe_images
     names = [item.name for item in report.artifacts if _is_pe_name(item.name)]
-    if output.is_dir():
+    if where is registry.PeImages.TREE:
         return [
             _pe_entry(name, output / name)
             for name in names
             if (output / name).is_file() and _is_pe(output / name)
         ]
-    if _is_pe(output):
+    if where is registry.PeImages.OUTPUT and _is_pe(output):
         return [_pe_entry(output.name, output)]
-    if report.format == "disk":
+    if where is registry.PeImages.DISK:
         return [_pe_in_disk(output, name) for name in names]
     return []
 

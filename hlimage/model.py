@@ -124,11 +124,3 @@ class System:
     def domus(self) -> tuple[Domain, ...]:
         """Every domain but the hardware domain."""
         return tuple(d for d in self.domains if not d.is_hardware_domain)
-
-    @property
-    def resolved_binding(self) -> Binding:
-        if self.binding is not Binding.AUTO:
-            return self.binding
-        if len(self.domains) == 1 and self.domains[0].is_classic_dom0:
-            return Binding.CLASSIC
-        return Binding.DOM0LESS if self.arch is Arch.ARM64 else Binding.HYPERLAUNCH

@@ -29,14 +29,13 @@ from hlimage.errors import FormatError, HlimageError
 from hlimage.formats import authenticode, pe
 from hlimage.messages import note, warn
 from hlimage.model import System
+from hlimage.outputs import registry
+from hlimage.outputs.registry import OutputFormat
 from hlimage.report import BuildReport
 from hlimage.streams import CHUNK
+from hlimage.xen.probe import probe_system_efi
 
 PASSWORD_ENV = "HLIMAGE_KEY_PASSWORD"
-# Formats whose boot loader firmware verifies is a PE hlimage can sign: the unified image, or
-# EFI/BOOT/BOOT*.EFI of the ESP tree (a signed copy of xen.efi), whether a directory or in a
-# disk image. GRUB's outputs boot Xen through multiboot2, which no firmware verifies.
-SIGNABLE_FORMATS = ("unified", "esp", "disk")
 
 
 @dataclass(frozen=True)
@@ -166,28 +165,31 @@ def _signable_copy(xen: Path, target: Path) -> Path:
 
 def build_signed(
     system: System,
-    output_format: str,
+    output_format: OutputFormat,
     output: Path,
     signing: SigningKey,
     build: Callable[[System, Path], BuildReport],
 ) -> BuildReport:
-    """Run `build` (one format's plain build) so that its boot loader comes out signed.
+    """Run `build` (one format's plain build) so that its boot loader comes out signed, as the
+    format's registry record says.
 
-    unified: built beside the output, then signed into place, as sections added after
-    signing would break the signature. esp and disk: their EFI/BOOT/BOOT*.EFI is a copy of
-    xen.efi, so the build is given a signed xen.efi instead.
+    Signing.OUTPUT (unified): built beside the output, then signed into place, as sections
+    added after signing would break the signature. Signing.LOADER (esp, disk): their
+    EFI/BOOT/BOOT*.EFI is a copy of xen.efi, so the build is given a signed xen.efi instead.
     """
-    if output_format in ("grub", "grub-standalone"):
+    name = output_format.name
+    signable = " or ".join(", ".join(registry.signable()).rsplit(", ", 1))
+    if output_format.signing is registry.Signing.NONE:
+        if output_format.unsigned_because:
+            raise HlimageError(
+                f"--key: --format {name} {output_format.unsigned_because}; sign with --format "
+                f"{signable}"
+            )
         raise HlimageError(
-            f"--key: --format {output_format} boots Xen through GRUB's multiboot2, which "
-            "firmware does not verify; sign with --format unified, esp or disk"
+            f"--key: hlimage does not sign --format {name} outputs; sign with --format "
+            f"{signable}, or sign its boot file afterwards with hlimage sign"
         )
-    if output_format not in SIGNABLE_FORMATS:
-        raise HlimageError(
-            f"--key: hlimage does not sign --format {output_format} outputs; sign with --format "
-            "unified, esp or disk, or sign its boot file afterwards with hlimage sign"
-        )
-    if output_format == "unified":
+    if output_format.signing is registry.Signing.OUTPUT:
         if output.is_dir():
             raise HlimageError(
                 "-o: is a directory, but this format writes one file; name a file", where=output
@@ -202,10 +204,8 @@ def build_signed(
         raise HlimageError(
             '[xen] efi: needed for this format; add efi = "path/to/xen.efi"', where=system.source
         )
-    from hlimage.outputs.unified import probe_xen_efi
-
     # Checked on the user's file first, so that errors about it name that file.
-    probed = probe_xen_efi(system)
+    probed = probe_system_efi(system)
     with _temporary_beside(output) as stripped, _temporary_beside(output) as signed:
         if probed.signed:
             note(f"{xen}: its signature is replaced by one made with --key")

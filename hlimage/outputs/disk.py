@@ -8,7 +8,6 @@ mkfs is needed. Free space is left as holes: the image is sparse.
 from __future__ import annotations
 
 import contextlib
-import os
 import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -18,8 +17,10 @@ from hlimage.atomic import TEMP_MARK, atomic_file
 from hlimage.errors import FormatError, HlimageError
 from hlimage.formats import fat, gpt
 from hlimage.model import System
-from hlimage.outputs import esp
-from hlimage.report import Artifact, BuildReport
+from hlimage.outputs import esp, registry
+from hlimage.planned import PlannedFile
+from hlimage.report import BuildReport
+from hlimage.source_date import source_date_epoch
 from hlimage.streams import Payload, Region, copy_stream
 
 MIB = 1 << 20
@@ -27,23 +28,6 @@ LABEL = "HLIMAGE"
 PARTITION_NAME = "EFI System Partition"
 # What follows the last partition: the backup entry array and the backup header.
 BACKUP_GPT_BYTES = (gpt.entry_array_sectors(gpt.SECTOR) + 1) * gpt.SECTOR
-
-
-def source_date_epoch() -> int:
-    """The time every FAT entry carries: SOURCE_DATE_EPOCH, or 0 (FAT's floor, 1980) unset."""
-    text = os.environ.get("SOURCE_DATE_EPOCH", "").strip()
-    if not text:
-        return 0
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise HlimageError(
-            f"SOURCE_DATE_EPOCH={text!r}: not a unix time; set it to whole seconds since 1970 "
-            "or unset it"
-        )
-    return value
 
 
 def _human(size: int) -> str:
@@ -62,7 +46,7 @@ def volume_size_for(disk_size: int) -> int:
 
 
 @contextlib.contextmanager
-def _sized(files: Sequence[esp.EspFile], output: Path) -> Iterator[list[tuple[str, Payload]]]:
+def _sized(files: Sequence[PlannedFile], output: Path) -> Iterator[list[tuple[str, Payload]]]:
     """(path, payload) pairs whose sizes are all known.
 
     The FAT writer puts a file's size in its directory entry before its data, so a payload
@@ -71,7 +55,7 @@ def _sized(files: Sequence[esp.EspFile], output: Path) -> Iterator[list[tuple[st
     any other temporary of that output.
     """
     if all(item.payload.exact_size is not None for item in files):
-        yield [(item.path, item.payload) for item in files]
+        yield [(item.name, item.payload) for item in files]
         return
     with tempfile.TemporaryDirectory(
         dir=output.parent, prefix=f".{output.name}.", suffix=TEMP_MARK
@@ -84,7 +68,7 @@ def _sized(files: Sequence[esp.EspFile], output: Path) -> Iterator[list[tuple[st
                 with spool.open("wb") as out:
                     copy_stream(payload, out)
                 payload = Region(spool, label=payload.label)
-            sized.append((item.path, payload))
+            sized.append((item.name, payload))
         yield sized
 
 
@@ -176,7 +160,7 @@ def _self_check(
 
 
 def build(system: System, output: Path, *, size: int | None = None) -> BuildReport:
-    files = esp.plan(system)
+    files = esp.files(system)
     timestamp = source_date_epoch()
     report = BuildReport("disk", output)
     with atomic_file(output) as out, _sized(files, output) as sized:
@@ -185,9 +169,25 @@ def build(system: System, output: Path, *, size: int | None = None) -> BuildRepo
         _self_check(out, partition, written)
     by_path = {item.path: item for item in written}
     for item in files:
-        result = by_path[item.path]
-        report.artifacts.append(
-            Artifact(item.path, item.role, result.size, result.sha256, item.payload.label,
-                     item.domain)
-        )  # fmt: skip
+        result = by_path[item.name]
+        report.artifacts.append(esp.artifact(item, result.size, result.sha256))
     return report
+
+
+def _build(system: System, output: Path, options: registry.BuildOptions) -> BuildReport:
+    return build(system, output, size=options.size)
+
+
+registry.register(
+    registry.OutputFormat(
+        name="disk",
+        summary="a GPT disk image holding that ESP, to dd to a USB stick",
+        writes=registry.Writes.FILE,
+        plan=esp.plan,
+        build=_build,
+        example="xen-disk.img",
+        options=frozenset({"size"}),
+        signing=registry.Signing.LOADER,
+        pe_images=registry.PeImages.DISK,
+    )
+)

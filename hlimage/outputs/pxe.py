@@ -1,9 +1,8 @@
 """`--format pxe`: a TFTP/HTTP root whose boot file a UEFI PXE or HTTP client loads.
 
-Before Xen 4.22, xen.efi loaded over the network stops at once ("Couldn't obtain the File
-System Protocol Interface": it asks for a file system before looking at its own sections,
-qemu-boot.md), so the boot file is a one-file GRUB image with everything in its memdisk. With
-4.22 and newer, a unified xen.efi is the boot file itself.
+The boot file is a unified xen.efi where the binding and the Xen can boot that way over the
+network (xen/efi.py: Xen 4.22 and newer), else a one-file GRUB image with everything in its
+memdisk.
 """
 
 from __future__ import annotations
@@ -15,12 +14,12 @@ from hlimage.atomic import atomic_directory
 from hlimage.errors import HlimageError
 from hlimage.messages import note
 from hlimage.model import Arch, System
+from hlimage.outputs import grub_standalone, registry, unified
 from hlimage.report import Artifact, BuildReport
 from hlimage.streams import file_sha256
+from hlimage.xen import binding, grub_entry, policy
 from hlimage.xen.probe import probe_efi
 
-# xen-devel fixed the EFI loader's file-system lookup for 4.22.
-UNIFIED_OVER_NETWORK = (4, 22)
 CLIENT_ARCH = {Arch.X86_64: 7, Arch.ARM64: 11}  # DHCP option 93 (RFC 4578, IANA)
 
 
@@ -51,14 +50,10 @@ QEMU (user networking, no disk): -netdev user,id=n0,tftp=DIR,bootfile={boot_file
 
 
 def _through_unified(system: System) -> bool:
-    """Whether the boot file is a unified xen.efi (Xen 4.22+) rather than GRUB."""
-    xen_version = probe_efi(system.xen.efi).version if system.xen.efi is not None else None
-    return (
-        system.arch is Arch.X86_64
-        and xen_version is not None
-        and xen_version >= UNIFIED_OVER_NETWORK
-        and len(system.domains) == 1
-    )
+    """Whether the boot file is a unified xen.efi rather than GRUB."""
+    policy.validate_domains(system)
+    version = probe_efi(system.xen.efi).version if system.xen.efi is not None else None
+    return binding.of(system).unified_over_network(system, version)
 
 
 def _check_grub_route(system: System) -> None:
@@ -70,17 +65,13 @@ def _check_grub_route(system: System) -> None:
         )
 
 
-def check(system: System) -> None:
+def plan(system: System) -> None:
     """Everything build does before it writes."""
     if _through_unified(system):
-        from hlimage.outputs import unified
-
-        unified.check(system)
+        unified.plan(system)
         return
-    from hlimage.xen import grub
-
     _check_grub_route(system)
-    grub.stanza(system)
+    grub_entry.stanza(system)
 
 
 def build(system: System, output: Path, *, grub_lib: Path | None = None) -> BuildReport:
@@ -88,15 +79,11 @@ def build(system: System, output: Path, *, grub_lib: Path | None = None) -> Buil
     report = BuildReport("pxe", output)
     with atomic_directory(output) as temporary:
         if _through_unified(system):
-            from hlimage.outputs import unified
-
             inner = unified.build(system, temporary / boot_file)
             how = "a unified xen.efi"
         else:
-            from hlimage.outputs import grub
-
             _check_grub_route(system)
-            inner = grub.build_standalone(system, temporary / boot_file, lib=grub_lib)
+            inner = grub_standalone.build(system, temporary / boot_file, lib=grub_lib)
             how = "GRUB with Xen and every module in its memdisk"
             note(f"{boot_file}: {how} (xen.efi over the network needs Xen 4.22)")
         (temporary / "README.txt").write_text(readme(system, boot_file, how))
@@ -107,3 +94,21 @@ def build(system: System, output: Path, *, grub_lib: Path | None = None) -> Buil
             *(replace(item, name=f"{boot_file}:{item.name}") for item in inner.artifacts),
         ]
     return report
+
+
+def _build(system: System, output: Path, options: registry.BuildOptions) -> BuildReport:
+    return build(system, output, grub_lib=options.grub_lib)
+
+
+registry.register(
+    registry.OutputFormat(
+        name="pxe",
+        summary="a TFTP/HTTP root with the boot file a PXE or UEFI HTTP client loads",
+        writes=registry.Writes.DIRECTORY,
+        plan=plan,
+        build=_build,
+        pe_images=registry.PeImages.TREE,
+        example="xen-pxe",
+        options=frozenset({"grub_lib"}),
+    )
+)

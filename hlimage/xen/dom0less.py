@@ -8,12 +8,18 @@ xen.cfg instead, so that the same ESP also carries its command line.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from hlimage.errors import FormatError, HlimageError
 from hlimage.formats import fdt
-from hlimage.model import Capability, Domain, System
-from hlimage.xen import modules as boot_modules
-from hlimage.xen import policy
-from hlimage.xen.modules import Module
+from hlimage.model import Arch, Binding, Capability, Domain, System
+from hlimage.planned import PlannedFile, Role
+from hlimage.streams import BytesPayload
+from hlimage.xen import efi, policy
+from hlimage.xen.binding import EfiBoot, XenBinding
+
+if TYPE_CHECKING:
+    from hlimage.xen.grub_entry import Layout, Stanza
 
 CAPABILITY_BITS = {Capability.CONTROL: 1, Capability.HARDWARE: 2, Capability.XENSTORE: 4}
 # Two cells each: Xen's EFI stub writes each module's `reg` with the domain node's cells, and
@@ -58,17 +64,17 @@ def _cells(address: int, size: int) -> bytes:
 def add_domains(
     system: System,
     tree: fdt.DeviceTree,
-    modules: list[Module],
+    modules: list[PlannedFile],
     version: tuple[int, int] | None,
 ) -> None:
     """Add a `xen,domain` node per domain to /chosen, modules located by `xen,uefi-binary`."""
     chosen = tree.ensure("/chosen")
     domains = dt_domains(system)
     if domains:
-        policy.check_reads(system, version, "dom0less", "[[domain]]", xen_key=XEN_KEY)
-        policy.check_reads(system, version, "xen,uefi-binary", "[[domain]]", xen_key=XEN_KEY)
+        policy.require_release(system, version, "dom0less", "[[domain]]", xen_key=XEN_KEY)
+        policy.require_release(system, version, "xen,uefi-binary", "[[domain]]", xen_key=XEN_KEY)
     for domain in domains:
-        policy.check_dom0less_domain(system, domain)
+        policy.validate_dom0less_domain(system, domain)
         label = policy.domain_label(domain)
         if chosen.child(domain.name) is not None:
             raise HlimageError(
@@ -84,14 +90,14 @@ def add_domains(
         node.set("memory", fdt.u64(domain.memory // 1024))
         node.set("cpus", fdt.u32(domain.vcpus))
         if domain.capabilities:
-            policy.check_reads(
+            policy.require_release(
                 system, version, "capabilities", f"{label} capabilities", xen_key=XEN_KEY
             )
             node.set("capabilities", fdt.u32(capability_mask(domain)))
         if domain.vpl011:
             node.set("vpl011", fdt.empty())
         if domain.enhanced is not None:
-            policy.check_reads(
+            policy.require_release(
                 system, version, "xen,enhanced", f"{label} enhanced", xen_key=XEN_KEY
             )
             node.set("xen,enhanced", fdt.string(domain.enhanced))
@@ -107,7 +113,9 @@ def add_domains(
         if domain.direct_map:
             node.set("direct-map", fdt.empty())
         if domain.colors is not None:
-            policy.check_reads(system, version, "llc-colors", f"{label} colors", xen_key=XEN_KEY)
+            policy.require_release(
+                system, version, "llc-colors", f"{label} colors", xen_key=XEN_KEY
+            )
             node.set("llc-colors", fdt.string(domain.colors))
         if domain.cpupool is not None:
             node.set("domain-cpupool", fdt.u32(_cpupool_phandle(system, tree, domain)))
@@ -118,18 +126,18 @@ def add_domains(
 
 
 MODULE_COMPATIBLE = {
-    boot_modules.KERNEL: ("kernel", "multiboot,kernel"),
-    boot_modules.RAMDISK: ("ramdisk", "multiboot,ramdisk"),
-    boot_modules.PASSTHROUGH_DTB: ("device-tree", "multiboot,device-tree"),
+    Role.KERNEL: ("kernel", "multiboot,kernel"),
+    Role.RAMDISK: ("ramdisk", "multiboot,ramdisk"),
+    Role.PASSTHROUGH_DTB: ("device-tree", "multiboot,device-tree"),
 }
 
 
-def _module_node(module: Module) -> fdt.Node:
+def _module_node(module: PlannedFile) -> fdt.Node:
     name, compatible = MODULE_COMPATIBLE[module.role]
     node = fdt.Node(name)
     node.set("compatible", fdt.strings([compatible, "multiboot,module"]))
-    node.set("xen,uefi-binary", fdt.string(module.file_name))
-    if module.role == boot_modules.KERNEL and module.cmdline:
+    node.set("xen,uefi-binary", fdt.string(module.name))
+    if module.role is Role.KERNEL and module.cmdline:
         node.set("bootargs", fdt.string(module.cmdline))
     return node
 
@@ -151,3 +159,72 @@ def _cpupool_phandle(system: System, tree: fdt.DeviceTree, domain: Domain) -> in
     handle = tree.allocate_phandle()
     pool.set("phandle", fdt.u32(handle))
     return handle
+
+
+def classic_dom0(system: System) -> Domain | None:
+    """The dom0 that comes through xen.cfg rather than a device-tree node."""
+    return next((d for d in system.domains if d.is_classic_dom0), None)
+
+
+def launch_tree_of(system: System) -> bytes:
+    """The host device tree with a node per dom0less domain (`hlimage lcm` on arm64)."""
+    from hlimage.xen import modules as boot_modules
+    from hlimage.xen.probe import probe_efi
+
+    version = probe_efi(system.xen.efi).version if system.xen.efi is not None else None
+    tree = host_tree(system)
+    add_domains(system, tree, boot_modules.all_modules(system), version)
+    return tree.build()
+
+
+class Dom0lessBinding(XenBinding):
+    kind = Binding.DOM0LESS
+
+    def validate(self, system: System) -> None:
+        policy.require_arch(system, Arch.ARM64, "dom0less", "hyperlaunch")
+
+    def efi_boot(
+        self,
+        system: System,
+        modules: list[PlannedFile],
+        version: tuple[int, int] | None,
+        dtb_name: str,
+    ) -> EfiBoot:
+        dom0 = classic_dom0(system)
+        if not dt_domains(system):
+            from hlimage.xen.classic import host_dtb_boot
+
+            return host_dtb_boot(system, dom0, modules, dtb_name)
+        tree = host_tree(system)
+        add_domains(system, tree, modules, version)
+        config = efi.esp_config(system, dom0, modules, dtb_name)
+        return EfiBoot(config, BytesPayload(tree.build(), dtb_name))
+
+    def unified_sections(self, system: System) -> list[PlannedFile]:
+        dom0 = classic_dom0(system)
+        if dt_domains(system) or dom0 is None:
+            raise self.refuse(
+                system,
+                f"[[domain]]: a unified image carries one domain, dom0, the description has "
+                f"{len(system.domains)} domain(s) ({', '.join(d.name for d in system.domains)}); "
+                "use --format esp or disk (domUs are loaded from files beside xen.efi)",
+            )
+        return efi.unified_sections(system, dom0)
+
+    def grub_stanza(self, system: System, layout: Layout, prelude: list[str]) -> Stanza:
+        from hlimage.xen import classic, grub_entry
+
+        grub_entry.probe_xen(system)
+        if dt_domains(system):
+            raise self.refuse(
+                system,
+                "[[domain]]: GRUB on arm64 boots dom0 only (xen_module cannot describe dom0less "
+                "domUs); use --format esp or disk for several domains",
+            )
+        return classic.xen_boot_stanza(system, layout, prelude)
+
+    def launch_tree(self, system: System) -> bytes:
+        return launch_tree_of(system)
+
+
+BINDING = Dom0lessBinding()

@@ -8,31 +8,18 @@ them, GRUB loads them in this order and the hyperlaunch LCM refers to them by in
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from pathlib import Path
 
 from hlimage.errors import HlimageError
 from hlimage.model import Domain, System
-from hlimage.payloads import initrd_payload, kernel_payload
+from hlimage.payloads import article, initrd_payload, kernel_info
+from hlimage.planned import PlannedFile, Role
 from hlimage.streams import Payload, Region
 
-KERNEL = "kernel"
-RAMDISK = "ramdisk"
-PASSTHROUGH_DTB = "device-tree"
-XSM = "xsm"
-UCODE = "ucode"
 FDT_MAGIC = bytes.fromhex("d00dfeed")
-
-
-@dataclass(frozen=True)
-class Module:
-    role: str
-    """kernel, ramdisk, device-tree (a domU's passthrough DT), xsm, ucode."""
-    payload: Payload
-    file_name: str
-    """Name inside a directory output; unique, ASCII, no directory part."""
-    domain: Domain | None = None
-    cmdline: str = ""
+# A module is a planned file whose name is unique in a directory output, ASCII, with no
+# directory part.
+Module = PlannedFile
 
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._+-]")
@@ -75,6 +62,31 @@ def _source(payload: Payload) -> Path | None:
     return None
 
 
+def kernel_payload(system: System, domain: Domain) -> Region:
+    """The domain's kernel, refused where Xen cannot load it."""
+    info = kernel_info(system, domain)
+    key = f'[[domain]] "{domain.name}" kernel'
+    if info.kind.endswith("multiboot2 elf"):
+        raise HlimageError(
+            f"{key}: a multiboot2 image (Xen's own xen.gz?), not a Linux kernel; give the "
+            "domain's kernel (vmlinuz, Image)",
+            where=domain.kernel,
+        )
+    if info.kind == "efi-zboot":
+        raise HlimageError(
+            f"{key}: an EFI zboot kernel (vmlinuz.efi), which Xen cannot load; give the plain "
+            "Image or Image.gz",
+            where=domain.kernel,
+        )
+    if info.arch != system.arch.value:
+        raise HlimageError(
+            f"{key}: {article(info.arch or 'unknown')} kernel ({info.describe()}), but [image] "
+            f'arch is "{system.arch.value}"; give {article(system.arch.value)} kernel',
+            where=domain.kernel,
+        )
+    return Region(domain.kernel)
+
+
 def domain_modules(system: System, domain: Domain, namer: _Namer | None = None) -> list[Module]:
     """A domain's kernel, initrd and passthrough device tree, probed (errors name the key)."""
     namer = namer or _Namer()
@@ -82,9 +94,9 @@ def domain_modules(system: System, domain: Domain, namer: _Namer | None = None) 
     kernel = kernel_payload(system, domain)
     modules = [
         Module(
-            KERNEL,
-            kernel,
             namer.name(domain.kernel.name, prefix, _source(kernel)),
+            kernel,
+            Role.KERNEL,
             domain,
             domain.cmdline,
         )
@@ -96,7 +108,7 @@ def domain_modules(system: System, domain: Domain, namer: _Namer | None = None) 
         else:
             preferred = f"{prefix}-initrd" + (".lz4" if domain.initrd_compression else ".img")
         modules.append(
-            Module(RAMDISK, ramdisk, namer.name(preferred, prefix, _source(ramdisk)), domain)
+            Module(namer.name(preferred, prefix, _source(ramdisk)), ramdisk, Role.RAMDISK, domain)
         )
     if domain.passthrough_dtb is not None:
         payload = Region(domain.passthrough_dtb)
@@ -108,7 +120,7 @@ def domain_modules(system: System, domain: Domain, namer: _Namer | None = None) 
                 where=domain.passthrough_dtb,
             )
         name = namer.name(domain.passthrough_dtb.name, prefix, _source(payload))
-        modules.append(Module(PASSTHROUGH_DTB, payload, name, domain))
+        modules.append(Module(name, payload, Role.PASSTHROUGH_DTB, domain))
     return modules
 
 
@@ -116,10 +128,10 @@ def xen_modules(system: System, namer: _Namer | None = None) -> list[Module]:
     """XSM policy and microcode, which Xen claims itself (by magic, or `ucode=`)."""
     namer = namer or _Namer()
     modules = []
-    for role, path in ((XSM, system.xen.xsm), (UCODE, system.xen.ucode)):
+    for role, path in ((Role.XSM, system.xen.xsm), (Role.UCODE, system.xen.ucode)):
         if path is not None:
             payload = Region(path)
-            modules.append(Module(role, payload, namer.name(path.name, "xen", _source(payload))))
+            modules.append(Module(namer.name(path.name, "xen", _source(payload)), payload, role))
     return modules
 
 
@@ -132,7 +144,7 @@ def all_modules(system: System) -> list[Module]:
     return modules + xen_modules(system, namer)
 
 
-def find(modules: list[Module], role: str, domain: Domain | None = None) -> Module | None:
+def find(modules: list[Module], role: Role, domain: Domain | None = None) -> Module | None:
     for module in modules:
         if module.role == role and module.domain == domain:
             return module

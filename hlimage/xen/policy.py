@@ -6,7 +6,7 @@ Each check says which rule and why, naming the description key to change.
 from __future__ import annotations
 
 from hlimage.errors import HlimageError
-from hlimage.model import Arch, Binding, Capability, Domain, System
+from hlimage.model import ALL_CAPABILITIES, Arch, Capability, Domain, System
 
 X86_UNIFIED_MODULES = ("kernel", "ramdisk", "xsm", "ucode")
 
@@ -28,8 +28,10 @@ def cmdline_options(cmdline: str) -> dict[str, str]:
     return options
 
 
-def check_domains(system: System) -> None:
-    """Rules every output keeps, whatever the format."""
+def validate_domains(system: System) -> None:
+    """Rules every output keeps, whatever the format, the binding's own among them."""
+    from hlimage.xen import binding
+
     hardware = [d for d in system.domains if d.is_hardware_domain]
     if len(hardware) > 1:
         names = ", ".join(f'"{d.name}"' for d in hardware)
@@ -38,34 +40,16 @@ def check_domains(system: System) -> None:
             f"[[domain]] capabilities: {names} all have 'hardware'; Xen builds one hardware "
             "domain, keep 'hardware' on one domain",
         )
-    binding = system.resolved_binding
     if system.arch is Arch.X86_64 and not hardware:
         raise fail(
             system,
             "[[domain]]: no domain has the 'hardware' capability; x86 Xen needs a dom0: name a "
             'domain "dom0" or give one capabilities = ["control", "hardware", "xenstore"]',
         )
-    if binding is Binding.CLASSIC:
-        if len(system.domains) != 1:
-            raise fail(
-                system,
-                f'[image] binding: "classic" carries one domain, the description has '
-                f'{len(system.domains)}; use binding = "auto" or remove domains',
-            )
-        if not system.domains[0].is_classic_dom0:
-            raise fail(
-                system,
-                f"{domain_label(system.domains[0])} capabilities: a classic boot's one domain is "
-                'dom0 with all of "control", "hardware", "xenstore"',
-            )
-    if binding is Binding.DOM0LESS and system.arch is not Arch.ARM64:
-        raise fail(system, '[image] binding: "dom0less" is Arm only; use "hyperlaunch" on x86_64')
-    if binding is Binding.HYPERLAUNCH and system.arch is not Arch.X86_64:
-        raise fail(system, '[image] binding: "hyperlaunch" is x86 only; use "dom0less" on arm64')
+    binding.of(system).validate(system)
     if system.arch is Arch.X86_64:
         for domain in system.domains:
-            for key in ("vpl011", "enhanced", "passthrough", "passthrough_dtb", "static_mem",
-                        "direct_map", "cpupool", "colors", "nr_spis"):  # fmt: skip
+            for key in ARM_DOMAIN_KEYS:
                 if getattr(domain, key) not in (None, False, ()):
                     raise fail(
                         system,
@@ -74,6 +58,27 @@ def check_domains(system: System) -> None:
                     )
     if system.xen.ucode is not None and system.arch is not Arch.X86_64:
         raise fail(system, "[xen] ucode: microcode modules are x86 only; remove it")
+
+
+def require_arch(system: System, arch: Arch, binding: str, other: str) -> None:
+    """A binding that exists on one architecture only."""
+    if system.arch is not arch:
+        raise fail(
+            system, f'[image] binding: "{binding}" is {ARCH_WORD[arch]} only; use "{other}" on '
+            f"{system.arch.value}",
+        )  # fmt: skip
+
+
+ARCH_WORD = {Arch.ARM64: "Arm", Arch.X86_64: "x86"}
+ARM_DOMAIN_KEYS = ("vpl011", "enhanced", "passthrough", "passthrough_dtb", "static_mem",
+                   "direct_map", "cpupool", "colors", "nr_spis")  # fmt: skip
+DOM0_NAME = "dom0"
+
+
+def default_capabilities(domain_name: str) -> frozenset[Capability]:
+    """A description that lists no capabilities anywhere: the domain named dom0 is the classic
+    dom0 and every other domain has none (design.md 1)."""
+    return ALL_CAPABILITIES if domain_name == DOM0_NAME else frozenset()
 
 
 def dom0_xen_options(system: System, dom0: Domain) -> list[str]:
@@ -116,10 +121,11 @@ FIRST_RELEASE = {
     "xen,enhanced": (4, 17),
     "llc-colors": (4, 20),
     "capabilities": (4, 21),
+    "unified over the network": (4, 22),
 }
 
 
-def check_reads(
+def require_release(
     system: System, version: tuple[int, int] | None, feature: str, key: str, *, xen_key: str
 ) -> None:
     """Refuse a description that needs what the named Xen cannot read."""
@@ -134,7 +140,7 @@ def check_reads(
         )
 
 
-def check_dom0less_domain(system: System, domain: Domain) -> None:
+def validate_dom0less_domain(system: System, domain: Domain) -> None:
     """The Arm binding's own rules (docs/misc/arm/device-tree/booting.txt)."""
     label = domain_label(domain)
     if domain.vcpus is None:

@@ -9,6 +9,8 @@ from pathlib import Path
 
 from hlimage.errors import FormatError, HlimageError
 from hlimage.formats import compression, multiboot2, pe
+from hlimage.model import System
+from hlimage.payloads import article
 from hlimage.streams import Region
 
 # Every Xen build prints its banner with this format string (common/kernel.c, xen/drivers).
@@ -193,3 +195,19 @@ def probe_multiboot(path: Path, *, key: str = "[xen] multiboot") -> XenMultiboot
         compressed=kind is not None,
         header=header,
     )
+
+
+def probe_system_efi(system: System) -> XenEfi:
+    """The description's xen.efi, which must be there and of its architecture."""
+    if system.xen.efi is None:
+        raise HlimageError(
+            '[xen] efi: needed for this format; add efi = "path/to/xen.efi"', where=system.source
+        )
+    xen = probe_efi(system.xen.efi)
+    if xen.arch != system.arch.value:
+        raise HlimageError(
+            f"[xen] efi: {article(xen.arch)} Xen, but [image] arch is "
+            f'"{system.arch.value}"; give the {system.arch.value} xen.efi',
+            where=system.xen.efi,
+        )
+    return xen

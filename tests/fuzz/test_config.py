@@ -13,7 +13,7 @@ import pytest
 from hypothesis import event, given
 from hypothesis import strategies as st
 
-from hlimage import build, check, config
+from hlimage import build, config, verdict
 from hlimage.formats import cpio
 from tests.fuzz.conftest import FUZZ, FUZZ_SLOW, survives
 
@@ -156,11 +156,11 @@ def check_document(folder: Path, document: dict[str, Any]) -> None:
     event("refused" if system is None else "loaded")
     if system is None:
         return
-    verdicts = survives(lambda: check.check(system))
+    verdicts = survives(lambda: verdict.verdicts(system))
     if verdicts is not None:
-        for verdict in verdicts:
-            event(f"{verdict.format}: {'ok' if verdict.problem is None else 'refused'}")
-            assert verdict.problem is None or "\n" not in verdict.problem
+        for found in verdicts:
+            event(f"{found.format}: {'ok' if found.problem is None else 'refused'}")
+            assert found.problem is None or "\n" not in found.problem
     survives(lambda: build.efi_config_text(system, embedded=True))
     survives(lambda: build.lcm(system))
 

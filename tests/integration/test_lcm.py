@@ -173,7 +173,9 @@ def test_hyperlaunch_indices_match_the_module_chain(cache: Path, tmp_path: Path)
         assert fdt.as_u32(node.get("domid") or b"") == {"dom0": 0, "guest1": 1, "guest2": 2}[domain]
         for child in node.children:
             indices[(domain, child.name)] = fdt.as_u32(child.get("module-index") or b"")
-    expected = {(m.domain.name if m.domain else "", m.role): chain.index(m) for m in chain.modules}
+    expected = {
+        (m.domain.name if m.domain else "", m.role.value): chain.index(m) for m in chain.modules
+    }
     assert indices == expected
     assert sorted(indices.values()) == list(range(1, 7))  # LCM is 0, nothing skipped
     guest1 = tree.node("/chosen/hypervisor/guest1")

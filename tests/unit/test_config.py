@@ -17,6 +17,7 @@ from hlimage.model import (
     Mode,
     System,
 )
+from hlimage.xen import binding
 from tests.conftest import run_cli
 
 FULL = """
@@ -134,7 +135,7 @@ def test_dom0_by_name_gets_every_capability(folder: Path) -> None:
     system = load(folder, MINIMAL + '[[domain]]\nname = "guest"\nkernel = "Image"\n')
     assert system.domains[0].capabilities == ALL_CAPABILITIES
     assert system.domains[1].capabilities == frozenset()
-    assert system.resolved_binding is Binding.HYPERLAUNCH
+    assert binding.resolve(system) is Binding.HYPERLAUNCH
 
 
 def test_explicit_capabilities_switch_off_the_dom0_default(folder: Path) -> None:
@@ -145,9 +146,9 @@ def test_explicit_capabilities_switch_off_the_dom0_default(folder: Path) -> None
 
 
 def test_auto_binding(folder: Path) -> None:
-    assert load(folder, MINIMAL).resolved_binding is Binding.CLASSIC
+    assert binding.resolve(load(folder, MINIMAL)) is Binding.CLASSIC
     arm = MINIMAL.replace("x86_64", "arm64") + '[[domain]]\nname = "g"\nkernel = "Image"\n'
-    assert load(folder, arm).resolved_binding is Binding.DOM0LESS
+    assert binding.resolve(load(folder, arm)) is Binding.DOM0LESS
 
 
 def test_mode_and_sizes(folder: Path) -> None:

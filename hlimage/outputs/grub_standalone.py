@@ -1,5 +1,5 @@
-"""`--format grub` (grub.cfg and the files it names) and `--format grub-standalone` (one GRUB
-EFI binary carrying all of it in its memdisk, made with GRUB's own grub-mkstandalone)."""
+"""`--format grub-standalone`: one GRUB EFI binary carrying grub.cfg, Xen and every module in
+its memdisk, made with GRUB's own grub-mkimage from a memdisk tar hlimage writes."""
 
 from __future__ import annotations
 
@@ -9,47 +9,21 @@ import subprocess
 import tarfile
 from pathlib import Path
 
-from hlimage.atomic import atomic_directory, atomic_file, scratch_directory
+from hlimage.atomic import atomic_file, scratch_directory
 from hlimage.errors import HlimageError
-from hlimage.formats import grubcfg
 from hlimage.messages import warn
 from hlimage.model import Arch, System
-from hlimage.report import Artifact, BuildReport
-from hlimage.streams import copy_range, copy_stream
-from hlimage.xen import grub
+from hlimage.outputs import registry
+from hlimage.outputs.grub_directory import config_text, write_files
+from hlimage.report import BuildReport
+from hlimage.source_date import source_date_epoch
+from hlimage.streams import copy_range
+from hlimage.xen import grub_entry
 
 PLATFORMS = {Arch.X86_64: "x86_64-efi", Arch.ARM64: "arm64-efi"}
 PACKAGES = {Arch.X86_64: "grub-efi-amd64-bin", Arch.ARM64: "grub-efi-arm64-bin"}
 # Firmware loads the whole GRUB image, memdisk included, into memory before it runs.
 LARGE_STANDALONE = 512 << 20
-
-
-def config_text(system: System, stanza: grub.Stanza, *, timeout: int = 0) -> str:
-    header = [f"set default={grubcfg.quote(stanza.entry.entry_id)}", f"set timeout={timeout}"]
-    return grubcfg.render([stanza.entry], header=header)
-
-
-def _write_files(stanza: grub.Stanza, root: Path) -> list[Artifact]:
-    artifacts = []
-    for item in stanza.files:
-        with (root / item.name).open("wb") as out:
-            result = copy_stream(item.payload, out)
-        artifacts.append(
-            Artifact(
-                item.name, item.role, result.size, result.sha256, item.payload.label, item.domain
-            )
-        )
-    return artifacts
-
-
-def build_directory(system: System, output: Path, *, prefix: str = "/") -> BuildReport:
-    stanza = grub.stanza(system, grub.Layout(prefix=prefix))
-    report = BuildReport("grub", output)
-    with atomic_directory(output) as temporary:
-        text = config_text(system, stanza)
-        (temporary / "grub.cfg").write_text(text)
-        report.artifacts = _write_files(stanza, temporary)
-    return report
 
 
 def grub_lib(system: System, given: Path | None) -> Path:
@@ -89,7 +63,7 @@ def _memdisk(
     return path
 
 
-def build_standalone(
+def build(
     system: System, output: Path, *, lib: Path | None = None, epoch: int | None = None
 ) -> BuildReport:
     """One GRUB EFI image: core with memdisk and tar, everything else in the memdisk, whose
@@ -102,7 +76,7 @@ def build_standalone(
         )
     directory = grub_lib(system, lib)
     platform = PLATFORMS[system.arch]
-    stanza = grub.stanza(system, grub.Layout(prefix="/"))
+    stanza = grub_entry.stanza(system, grub_entry.Layout(prefix="/"))
     total = sum(item.payload.size_bound() for item in stanza.files)
     if total > LARGE_STANDALONE:
         warn(
@@ -110,7 +84,7 @@ def build_standalone(
             "memory, so prefer --format grub or disk for payloads this large"
         )
     report = BuildReport("grub-standalone", output)
-    stamp = epoch if epoch is not None else int(os.environ.get("SOURCE_DATE_EPOCH", "0") or 0)
+    stamp = epoch if epoch is not None else source_date_epoch()
     # Beside the output, not in /tmp: a killed build's copies of the payloads (gigabytes, maybe)
     # are then removed by a later build, as any temporary of the output is.
     with scratch_directory(output) as stage:
@@ -118,7 +92,7 @@ def build_standalone(
         config.write_text(config_text(system, stanza))
         payloads = stage / "files"
         payloads.mkdir()
-        report.artifacts = _write_files(stanza, payloads)
+        report.artifacts = write_files(stanza, payloads)
         contents = [("boot/grub/grub.cfg", config)]
         contents += [(item.name, payloads / item.name) for item in stanza.files]
         memdisk = _memdisk(stage, directory, platform, contents, stamp)
@@ -136,3 +110,26 @@ def build_standalone(
         with atomic_file(output) as out, image.open("rb") as built:
             copy_range(built, 0, image.stat().st_size, out)
     return report
+
+
+def plan(system: System) -> None:
+    grub_entry.stanza(system)
+
+
+def _build(system: System, output: Path, options: registry.BuildOptions) -> BuildReport:
+    return build(system, output, lib=options.grub_lib)
+
+
+registry.register(
+    registry.OutputFormat(
+        name="grub-standalone",
+        summary="one GRUB EFI binary with Xen and every module in its memdisk",
+        writes=registry.Writes.FILE,
+        plan=plan,
+        build=_build,
+        pe_images=registry.PeImages.OUTPUT,
+        example="xen-grub.efi",
+        options=frozenset({"grub_lib"}),
+        unsigned_because="boots Xen through GRUB's multiboot2, which firmware does not verify",
+    )
+)

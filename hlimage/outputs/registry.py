@@ -1,0 +1,157 @@
+"""The output formats hlimage builds: one record each, registered by the format's own module.
+
+`hlimage build`, `hlimage check`, signing and the manifest read this registry and name no
+format themselves: a new output is a module under hlimage/outputs/ that registers its record,
+plus its name in MODULES. The modules are imported on first use, so that commands which build
+nothing (`hlimage --version`) do not pay for them.
+"""
+
+from __future__ import annotations
+
+import enum
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from hlimage.errors import HlimageError
+from hlimage.model import System
+from hlimage.report import BuildReport
+
+# The output modules, in the order `hlimage check` and the help list their formats.
+MODULES = ("unified", "esp", "disk", "grub_directory", "grub_standalone", "pxe")
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    """What `hlimage build` takes beyond the description: each format accepts some of these
+    (OutputFormat.options), and the others are refused."""
+
+    replace: bool = False
+    size: int | None = None
+    prefix: str | None = None
+    grub_lib: Path | None = None
+
+    def given(self) -> list[str]:
+        return [name for name, option in OPTIONS.items() if getattr(self, name) != option.unset]
+
+
+@dataclass(frozen=True)
+class Option:
+    flag: str
+    does: str
+    """What it does, for the refusal: "only --format disk {does}"."""
+    unset: object = None
+
+
+OPTIONS = {
+    "replace": Option("--replace", "replaces sections of xen.efi", False),
+    "size": Option("--size", "has a size"),
+    "prefix": Option("--prefix", "has a path prefix"),
+    "grub_lib": Option("--grub-lib", "makes a GRUB image"),
+}
+
+
+class Signing(enum.Enum):
+    """How `--key` signs a format's output for Secure Boot."""
+
+    OUTPUT = "output"
+    """The output is one PE file: built beside the target, then signed into place."""
+    LOADER = "loader"
+    """The output carries xen.efi as the loader firmware starts: built from a signed copy."""
+    NONE = "none"
+
+
+class Writes(enum.Enum):
+    FILE = "file"
+    DIRECTORY = "directory"
+
+
+class PeImages(enum.Enum):
+    """Where the manifest finds the PE images firmware verifies."""
+
+    NONE = "none"
+    OUTPUT = "output"
+    """The output file itself."""
+    TREE = "tree"
+    """The *.efi files of the directory output."""
+    DISK = "disk"
+    """The *.efi files of the EFI System Partition inside the disk image."""
+
+
+@dataclass(frozen=True)
+class OutputFormat:
+    name: str
+    summary: str
+    """One line for `hlimage build --help`."""
+    writes: Writes
+    plan: Callable[[System], None]
+    """Everything `build` does before it writes (what `hlimage check` runs)."""
+    build: Callable[[System, Path, BuildOptions], BuildReport]
+    example: str
+    """An output name to suggest: `hlimage build ... --format NAME -o EXAMPLE`."""
+    options: frozenset[str] = frozenset()
+    signing: Signing = Signing.NONE
+    unsigned_because: str = ""
+    """Why --key is refused, where it is: "boots Xen through ...", after "--format NAME"."""
+    pe_images: PeImages = PeImages.NONE
+
+
+@dataclass
+class _Registry:
+    formats: dict[str, OutputFormat] = field(default_factory=dict)
+    loaded: bool = False
+
+
+_registry = _Registry()
+
+
+def register(output: OutputFormat) -> OutputFormat:
+    """Called once by each output module, at import."""
+    if output.name in _registry.formats:
+        raise AssertionError(f"output format {output.name} registered twice")
+    unknown = output.options - OPTIONS.keys()
+    if unknown:
+        raise AssertionError(f"output format {output.name}: unknown options {sorted(unknown)}")
+    _registry.formats[output.name] = output
+    return output
+
+
+def _load() -> dict[str, OutputFormat]:
+    if not _registry.loaded:
+        for module in MODULES:
+            importlib.import_module(f"hlimage.outputs.{module}")
+        _registry.loaded = True
+    return _registry.formats
+
+
+def formats() -> list[OutputFormat]:
+    return list(_load().values())
+
+
+def names() -> list[str]:
+    return list(_load())
+
+
+def get(name: str) -> OutputFormat:
+    known = _load()
+    if name not in known:
+        raise HlimageError(f"--format {name}: unknown; choose one of {', '.join(known)}")
+    return known[name]
+
+
+def refuse_options(output: OutputFormat, options: BuildOptions) -> None:
+    """The options the format does not take are errors, not silently ignored."""
+    for name in options.given():
+        if name in output.options:
+            continue
+        option = OPTIONS[name]
+        takers = [f.name for f in formats() if name in f.options]
+        raise HlimageError(
+            f"{option.flag}: only --format {' or '.join(takers)} {option.does}; drop it for "
+            f"{output.name}"
+        )
+
+
+def signable() -> list[str]:
+    return [f.name for f in formats() if f.signing is not Signing.NONE]
