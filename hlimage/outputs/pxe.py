@@ -2,7 +2,7 @@
 
 Before Xen 4.22, xen.efi loaded over the network stops at once ("Couldn't obtain the File
 System Protocol Interface": it asks for a file system before looking at its own sections,
-qemu-boot.md), so the boot file is a one-file GRUB image with everything in its memdisk. With
+docs/qemu-boot.md), so the boot file is a one-file GRUB image with everything in its memdisk. With
 4.22 and newer, a unified xen.efi is the boot file itself.
 """
 

@@ -1,7 +1,7 @@
 """`--format unified`: one PE file, Xen with its config and modules as sections.
 
 x86: sections are added to xen.efi itself. arm64: xen.efi's hand-written header has no room for
-more section headers, so a new PE wraps the whole of it (xen-boot-formats.md 4.5).
+more section headers, so a new PE wraps the whole of it (docs/xen-boot-formats.md 4.5).
 """
 
 from __future__ import annotations
@@ -23,12 +23,12 @@ from hlimage.xen import efi, policy
 from hlimage.xen.probe import XenEfi, probe_efi
 
 # Xen passes EFI modules to its x86 entry in page frames: a module's address must be 4 KiB
-# aligned or its low bits are lost (xen-boot-formats.md 4.3).
+# aligned or its low bits are lost (docs/xen-boot-formats.md 4.3).
 X86_MODULE_ALIGN = 0x1000
 # Xen refuses to start unless the whole image ends below 4 GiB, loaded at a 2 MiB boundary.
 X86_LOAD_LIMIT = 1 << 32
 X86_MIN_LOAD_BASE = 2 << 20
-# Payloads above this boot in QEMU; ~1 GiB does not (qemu-boot.md): firmware loads the image
+# Payloads above this boot in QEMU; ~1 GiB does not (docs/qemu-boot.md): firmware loads the image
 # above 4 GiB, or Xen runs out of boot memory moving the ramdisk.
 LARGE_PAYLOAD = 256 << 20
 

@@ -1,5 +1,5 @@
 """GRUB menu entries that boot a description: multiboot2 on x86 (classic or hyperlaunch),
-xen_hypervisor / xen_module on arm64 (dom0 only). xen-boot-formats.md 5.2-5.4 and GRUB's
+xen_hypervisor / xen_module on arm64 (dom0 only). docs/xen-boot-formats.md 5.2-5.4 and GRUB's
 20_linux_xen are the grammar: `placeholder` as argv0, initrds with --nounzip, the real initrd
 first, `no-real-mode edd=off` on EFI platforms.
 """
