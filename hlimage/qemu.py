@@ -1,4 +1,4 @@
-"""QEMU command lines that boot Xen images (qemu-boot.md), for `hlimage run` and the tests.
+"""QEMU command lines that boot Xen images (docs/qemu-boot.md), for `hlimage run` and the tests.
 
 Software emulation only (KVM does not work on the machines this was checked on); the x86 CPU
 model is the one Xen's CI uses.

@@ -1,7 +1,7 @@
 """`--format unified`: one PE file, Xen with its config and modules as sections.
 
 x86: sections are added to xen.efi itself. arm64: xen.efi's hand-written header has no room for
-more section headers, so a new PE wraps the whole of it (xen-boot-formats.md 4.5).
+more section headers, so a new PE wraps the whole of it (docs/xen-boot-formats.md 4.5).
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """The Arm dom0less binding: domains as `xen,domain` nodes under /chosen of the host device
-tree (docs/misc/arm/device-tree/booting.txt; xen-boot-formats.md 3.2-3.4).
+tree (docs/misc/arm/device-tree/booting.txt; docs/xen-boot-formats.md 3.2-3.4).
 
 On UEFI, module nodes name their files with `xen,uefi-binary`; Xen's EFI stub reads them from
 xen.efi's directory and writes `reg` itself. A classic dom0 (all capabilities) comes through

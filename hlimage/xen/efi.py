@@ -76,19 +76,19 @@ def xen_config(system: System, dom0: Domain | None, files: ModuleFiles) -> XenCo
 # --- The unified image ------------------------------------------------------------------------
 
 # Xen passes EFI modules to its x86 entry in page frames: a module's address must be 4 KiB
-# aligned or its low bits are lost (xen-boot-formats.md 4.3).
+# aligned or its low bits are lost (docs/xen-boot-formats.md 4.3).
 X86_MODULE_ALIGN = 0x1000
 # Xen refuses to start unless the whole image ends below 4 GiB, loaded at a 2 MiB boundary.
 X86_LOAD_LIMIT = 1 << 32
 X86_MIN_LOAD_BASE = 2 << 20
-# Payloads above this boot in QEMU; ~1 GiB does not (qemu-boot.md): firmware loads the image
+# Payloads above this boot in QEMU; ~1 GiB does not (docs/qemu-boot.md): firmware loads the image
 # above 4 GiB, or Xen runs out of boot memory moving the ramdisk.
 LARGE_PAYLOAD = 256 << 20
 
 
 @dataclass(frozen=True)
 class UnifiedLayout:
-    """How payload sections join xen.efi (xen-boot-formats.md 4.4-4.5)."""
+    """How payload sections join xen.efi (docs/xen-boot-formats.md 4.4-4.5)."""
 
     in_place: bool
     """x86: sections are added to xen.efi itself. arm64: its hand-written header has no room
@@ -168,7 +168,7 @@ def esp_config(
 
 # xen-devel fixed the EFI loader's file-system lookup for 4.22: before it, xen.efi loaded over
 # the network stops at once ("Couldn't obtain the File System Protocol Interface": it asks for
-# a file system before looking at its own sections, qemu-boot.md). Booted on x86 only.
+# a file system before looking at its own sections, docs/qemu-boot.md). Booted on x86 only.
 NETWORK_BOOT_ARCHES = (Arch.X86_64,)
 
 

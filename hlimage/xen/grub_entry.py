@@ -1,4 +1,4 @@
-"""GRUB menu entries that boot Xen: the grammar the bindings share (xen-boot-formats.md
+"""GRUB menu entries that boot Xen: the grammar the bindings share (docs/xen-boot-formats.md
 5.2-5.4, and GRUB's 20_linux_xen): `placeholder` as argv0, initrds with --nounzip, the real
 initrd first, `no-real-mode edd=off` on EFI platforms. Which lines an entry has is the
 binding's to say (classic.py, hyperlaunch.py); `stanza` asks it.

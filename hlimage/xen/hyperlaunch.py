@@ -1,5 +1,5 @@
 """The x86 hyperlaunch launch control module (LCM), as the unmerged v6 parser reads it
-(xen-boot-formats.md 2.3), not as the design document names things.
+(docs/xen-boot-formats.md 2.3), not as the design document names things.
 
 The LCM is multiboot2 module 0; every other module follows in the order of `module_order`, and
 the domain nodes refer to them by `module-index`. No released Xen has the parser: a released

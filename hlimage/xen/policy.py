@@ -114,7 +114,7 @@ def format_xen_size(size: int) -> str:
     return f"{size}B"
 
 
-# What Xen releases read (xen-boot-formats.md 3.3, 2.3): feature -> first release.
+# What Xen releases read (docs/xen-boot-formats.md 3.3, 2.3): feature -> first release.
 FIRST_RELEASE = {
     "dom0less": (4, 12),
     "xen,uefi-binary": (4, 16),

@@ -15,7 +15,7 @@ from hlimage.streams import Region
 
 # Every Xen build prints its banner with this format string (common/kernel.c, xen/drivers).
 XEN_BANNER = b"Xen version %d.%d%s"
-# The v6 hyperlaunch parser's strings (xen-boot-formats.md 2.3.1); no released Xen has both.
+# The v6 hyperlaunch parser's strings (docs/xen-boot-formats.md 2.3.1); no released Xen has both.
 HYPERLAUNCH_STRINGS = (b"hypervisor,xen", b"module-index")
 # Arm Xen names itself to dom0 as compatible "xen,xen-MAJOR.MINOR".
 ARM_COMPATIBLE = re.compile(rb"xen,xen-(\d+)\.(\d+)\0")

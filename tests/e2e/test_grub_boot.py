@@ -41,7 +41,7 @@ def test_x86_grub_standalone_alone_on_an_esp(
 def test_arm64_grub_xen_hypervisor(
     qemu_arm64: str, cache: Path, tmp_path: Path, boot_log: Path
 ) -> None:
-    """GRUB arm64 needs `devicetree` under QEMU's ACPI firmware (qemu-boot.md)."""
+    """GRUB arm64 needs `devicetree` under QEMU's ACPI firmware (docs/qemu-boot.md)."""
     esp = tmp_path / "esp"
     (esp / "EFI/BOOT").mkdir(parents=True)
     image = esp / "EFI/BOOT/BOOTAA64.EFI"

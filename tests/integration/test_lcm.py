@@ -131,7 +131,7 @@ mode = "pvh"
 
 
 def test_hyperlaunch_lcm_follows_the_v6_parser(cache: Path, tmp_path: Path) -> None:
-    """xen-boot-formats.md 2.3: what the v6 parser reads, names exactly as it matches them."""
+    """docs/xen-boot-formats.md 2.3: what the v6 parser reads, names exactly as it matches them."""
     description = hyperlaunch_description(tmp_path)
     result = run_cli("lcm", description, "-o", tmp_path / "lcm.dtb")
     assert result.code == 0

@@ -142,7 +142,7 @@ def test_two_builds_are_identical(x86_system: Path, tmp_path: Path) -> None:
 
 
 def test_inspect_reads_an_objcopy_image(x86_system: Path, tmp_path: Path) -> None:
-    """The objcopy recipe of Xen's docs (xen-boot-formats.md 4.4)."""
+    """The objcopy recipe of Xen's docs (docs/xen-boot-formats.md 4.4)."""
     require(shutil.which("objcopy") is not None, "objcopy (binutils) not installed")
     cfg = tmp_path / "xen.cfg"
     cfg.write_text(run_cli("efi-config", "--embedded", x86_system).stdout)
@@ -372,7 +372,7 @@ def test_killed_build_leaves_the_previous_output(x86_system: Path, tmp_path: Pat
 
 
 def test_arm64_wrapped_layout(cache: Path, tmp_path: Path) -> None:
-    """xen-boot-formats.md 4.5: Xen whole at RVA 0x1000 with its BSS, payloads page-aligned
+    """docs/xen-boot-formats.md 4.5: Xen whole at RVA 0x1000 with its BSS, payloads page-aligned
     after it, entry point moved by 0x1000, SizeOfHeaders covering the section table."""
     payloads.make_initramfs("arm64", "dom0", tmp_path / "initrd.gz")
     xen_path = cache / "arm64/xen.efi"

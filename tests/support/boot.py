@@ -18,7 +18,7 @@ from pathlib import Path
 from hlimage import qemu
 from tests.support.payloads import marker
 
-# Lines after which nothing good comes (qemu-boot.md, "Traps"); `noreboot` keeps QEMU running.
+# Lines after which nothing good comes (docs/qemu-boot.md, "Traps"); `noreboot` keeps QEMU running.
 FATAL = (
     "Panic on CPU",
     "Hardware Dom0 crashed",

@@ -43,7 +43,7 @@ PACKAGES_X86 = (
             "boot/xen-4.17-amd64.gz": "x86_64/xen.gz",
         },
     ),
-    # bookworm's 6.1 PV dom0 dies under SMM OVMF builds; trixie's 6.12 boots (qemu-boot.md).
+    # bookworm's 6.1 PV dom0 dies under SMM OVMF builds; trixie's 6.12 boots (docs/qemu-boot.md).
     Package("linux-image-amd64", {"boot/vmlinuz-*": "x86_64/vmlinuz"}, suite="trixie"),
     Package("busybox-static", {"bin/busybox": "x86_64/busybox"}),
 )
