@@ -286,7 +286,7 @@ def lcm(config: Path, output: Path, dts: bool) -> None:
 @click.option("--no-digests", is_flag=True, help="Skip sha256 of the contents (fast).")
 def inspect(file: Path, as_json: bool, no_digests: bool) -> None:
     """Show what a built image, ESP tree, disk image or device tree holds."""
-    from hlimage import inspect as inspect_module
+    from hlimage import inspection as inspect_module
 
     data = inspect_module.inspect_path(file, digests=not no_digests)
     if as_json:

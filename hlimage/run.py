@@ -11,7 +11,7 @@ from pathlib import Path
 from hlimage import qemu
 from hlimage.errors import FormatError, HlimageError
 from hlimage.formats import fat, gpt, pe
-from hlimage.inspect import is_gpt_disk
+from hlimage.inspection import is_gpt_disk
 
 ARCH_BY_MACHINE = {pe.MACHINE_AMD64: qemu.X86_64, pe.MACHINE_ARM64: qemu.ARM64}
 

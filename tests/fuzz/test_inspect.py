@@ -14,7 +14,7 @@ import pytest
 from hypothesis import event, given
 from hypothesis import strategies as st
 
-from hlimage import build, config, inspect
+from hlimage import build, config, inspection
 from hlimage.formats import cpio, gpt, linux, pe
 from tests.fuzz.conftest import FUZZ_SLOW, Hot, mutated, survives
 from tests.support.signing import key_and_certificate
@@ -108,8 +108,8 @@ def hot_ranges(path: Path) -> Hot:
 
 def check_inspect(target: Path, digests: bool) -> None:
     def run() -> str:
-        data: dict[str, Any] = inspect.inspect_path(target, digests=digests)
-        return inspect.render(data)
+        data: dict[str, Any] = inspection.inspect_path(target, digests=digests)
+        return inspection.render(data)
 
     text = survives(run)
     event("refused" if text is None else "inspected")

@@ -16,7 +16,7 @@ import pytest
 from hlimage import build as build_module
 from hlimage import config, qemu, run
 from hlimage.formats import fat, gpt
-from hlimage.inspect import FatFileRegion
+from hlimage.inspection import FatFileRegion
 from hlimage.streams import file_sha256
 from tests.conftest import require, run_cli
 from tests.support import descriptions

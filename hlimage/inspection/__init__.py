@@ -17,7 +17,7 @@ from hlimage import trust
 from hlimage.errors import FormatError, HlimageError
 from hlimage.formats import fat, gpt, pe, xencfg
 from hlimage.inputs import probe_initrd, probe_kernel
-from hlimage.inspect_dt import describe_dtb
+from hlimage.inspection.device_tree import describe_dtb
 from hlimage.streams import Region
 
 XSM_MAGIC = 0xF97CFF8C
