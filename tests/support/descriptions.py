@@ -26,14 +26,16 @@ def arm64(
     dom0: bool = True,
     name: str = "hlimage.toml",
     xen_extra: str = "",
+    xen: str = "4.17",
 ) -> Path:
-    """dom0 (optional) plus dom0less guests, each with its own marker initramfs."""
+    """dom0 (optional) plus dom0less guests, each with its own marker initramfs, on Debian's
+    Xen of release `xen`."""
     cache = payloads.CACHE
     text = f"""[image]
 arch = "arm64"
 
 [xen]
-efi = "{cache / "arm64/xen.efi"}"
+efi = "{payloads.xen_efi("arm64", xen)}"
 dtb = "{cache / payloads.ARM64_DTB}"
 cmdline = "{ARM64_XEN_CMDLINE}"
 {xen_extra}
@@ -67,8 +69,10 @@ def x86_classic(
     extra: str = "",
     initrd_name: str | None = None,
     memory: str = "512M",
+    xen: str = "4.17",
 ) -> Path:
-    """dom0 with a marker initramfs, or with `initrd_name` (a file the caller provides)."""
+    """dom0 with a marker initramfs, or with `initrd_name` (a file the caller provides), on
+    Debian's Xen of release `xen`."""
     cache = payloads.CACHE
     initrd = directory / (initrd_name or "dom0.cpio.gz")
     if initrd_name is None and not initrd.exists():
@@ -79,8 +83,8 @@ def x86_classic(
 arch = "x86_64"
 
 [xen]
-efi = "{cache / "x86_64/xen.efi"}"
-multiboot = "{cache / "x86_64/xen.gz"}"
+efi = "{payloads.xen_efi("x86_64", xen)}"
+multiboot = "{payloads.xen_gz(xen)}"
 cmdline = "{X86_XEN_CMDLINE}"
 
 [[domain]]
