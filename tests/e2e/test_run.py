@@ -11,9 +11,13 @@ from tests.support import descriptions
 from tests.support.payloads import marker
 
 
-def test_run_a_disk_image(qemu_x86: str, cache: Path, tmp_path: Path, boot_log: Path) -> None:
+def test_run_a_disk_image(
+    qemu_x86: str, cache: Path, tmp_path: Path, boot_log: Path, xen_version: str
+) -> None:
     image = tmp_path / "disk.img"
-    result = run_cli("build", descriptions.x86_classic(tmp_path), "-f", "disk", "-o", image)
+    result = run_cli(
+        "build", descriptions.x86_classic(tmp_path, xen=xen_version), "-f", "disk", "-o", image
+    )
     assert result.code == 0, result.stderr
     # dom0's init powers the machine off, and Xen's ACPI S5 makes QEMU exit by itself.
     completed = subprocess.run(
