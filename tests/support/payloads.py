@@ -211,8 +211,11 @@ def fetch(verbose: bool = True) -> None:
                 os.chmod(destination, 0o644 if "busybox" not in target else 0o755)
     for alias, target in ALIASES.items():
         if not path(alias).exists():
-            # A link, not a copy: the same bytes under both names, whichever a test reads.
-            os.link(path(target), path(alias))
+            # A link where the file system has them: the same bytes under both names.
+            try:
+                os.link(path(target), path(alias))
+            except OSError:
+                shutil.copyfile(path(target), path(alias))
     if not path(ARM64_DTB).is_file():
         dump_arm64_dtb(path(ARM64_DTB))
 
