@@ -9,6 +9,7 @@ import pytest
 
 from hlimage import qemu
 from tests.conftest import require
+from tests.support import payloads
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -29,6 +30,14 @@ def qemu_arm64(cache: Path) -> str:
     require(shutil.which("qemu-system-aarch64") is not None, "qemu-system-arm not installed")
     require(qemu.AAVMF.is_file(), f"{qemu.AAVMF} missing (package qemu-efi-aarch64)")
     return qemu.ARM64
+
+
+@pytest.fixture(params=payloads.XEN_VERSIONS)
+def xen_version(request: pytest.FixtureRequest) -> str:
+    """Each boot test runs once per Debian Xen release (ids [4.17], [4.20]); a test that
+    parametrizes xen_version itself runs on the releases it names instead."""
+    version: str = request.param
+    return version
 
 
 LOGS = Path(__file__).resolve().parents[2] / "out" / "boot-logs"

@@ -18,8 +18,10 @@ def build_disk(description: Path, output: Path) -> Path:
     return output
 
 
-def test_x86_classic_disk(qemu_x86: str, cache: Path, tmp_path: Path, boot_log: Path) -> None:
-    disk = build_disk(descriptions.x86_classic(tmp_path), tmp_path / "disk.img")
+def test_x86_classic_disk(
+    qemu_x86: str, cache: Path, tmp_path: Path, boot_log: Path, xen_version: str
+) -> None:
+    disk = build_disk(descriptions.x86_classic(tmp_path, xen=xen_version), tmp_path / "disk.img")
     outcome = boot(qemu_x86, qemu.Media(disk_image=disk), ["dom0"], log_path=boot_log,
                    timeout=240)  # fmt: skip
     outcome.check()
@@ -28,10 +30,10 @@ def test_x86_classic_disk(qemu_x86: str, cache: Path, tmp_path: Path, boot_log: 
 
 
 def test_arm64_dom0_and_two_domus_disk(
-    qemu_arm64: str, cache: Path, tmp_path: Path, boot_log: Path
+    qemu_arm64: str, cache: Path, tmp_path: Path, boot_log: Path, xen_version: str
 ) -> None:
     guests = [Guest("guest1", "192M", 1), Guest("guest2", "256M", 2)]
-    disk = build_disk(descriptions.arm64(tmp_path, guests), tmp_path / "disk.img")
+    disk = build_disk(descriptions.arm64(tmp_path, guests, xen=xen_version), tmp_path / "disk.img")
     outcome = boot(qemu_arm64, qemu.Media(disk_image=disk), ["dom0", "guest1", "guest2"],
                    log_path=boot_log, timeout=300)  # fmt: skip
     outcome.check()

@@ -19,18 +19,17 @@ def build_esp(description: Path, output: Path) -> Path:
 
 
 def loaded_domus(output: str) -> list[tuple[int, int]]:
-    """(cpus, memory KiB) of each 'LOADING DOMU' line, memory printed in hex KiB."""
-    return [
-        (int(cpus), int(memory, 16))
-        for cpus, memory in re.findall(r"LOADING DOMU cpus=(\d+) memory=([0-9a-fA-F]+)KB", output)
-    ]
+    """(cpus, memory KiB) of each 'LOADING DOMU' line, memory printed in hex KiB: Xen 4.17
+    prints `memory=30000KB`, 4.20 `memory=0x30000KB`."""
+    found = re.findall(r"LOADING DOMU cpus=(\d+) memory=(?:0x)?([0-9a-fA-F]+)KB", output)
+    return [(int(cpus), int(memory, 16)) for cpus, memory in found]
 
 
 def test_arm64_dom0_and_two_domus(
-    qemu_arm64: str, cache: Path, tmp_path: Path, boot_log: Path
+    qemu_arm64: str, cache: Path, tmp_path: Path, boot_log: Path, xen_version: str
 ) -> None:
     guests = [Guest("guest1", "192M", 1), Guest("guest2", "256M", 2)]
-    esp = build_esp(descriptions.arm64(tmp_path, guests), tmp_path / "esp")
+    esp = build_esp(descriptions.arm64(tmp_path, guests, xen=xen_version), tmp_path / "esp")
     outcome = boot(qemu_arm64, qemu.Media(esp_dir=esp), ["dom0", "guest1", "guest2"],
                    log_path=boot_log, timeout=300)  # fmt: skip
     outcome.check()
@@ -38,9 +37,13 @@ def test_arm64_dom0_and_two_domus(
     assert "LOADING DOMAIN 0" in outcome.output
 
 
-def test_arm64_without_dom0(qemu_arm64: str, cache: Path, tmp_path: Path, boot_log: Path) -> None:
+def test_arm64_without_dom0(
+    qemu_arm64: str, cache: Path, tmp_path: Path, boot_log: Path, xen_version: str
+) -> None:
     guests = [Guest("guest1", "128M", 1), Guest("guest2", "160M", 2)]
-    esp = build_esp(descriptions.arm64(tmp_path, guests, dom0=False), tmp_path / "esp")
+    esp = build_esp(
+        descriptions.arm64(tmp_path, guests, dom0=False, xen=xen_version), tmp_path / "esp"
+    )
     cfg = (esp / "EFI/BOOT/BOOTAA64.cfg").read_text()
     assert "kernel=" not in cfg and "dtb=xen.dtb" in cfg
     outcome = boot(qemu_arm64, qemu.Media(esp_dir=esp), ["guest1", "guest2"],
@@ -50,8 +53,10 @@ def test_arm64_without_dom0(qemu_arm64: str, cache: Path, tmp_path: Path, boot_l
     assert loaded_domus(outcome.output) == [(1, 128 * 1024), (2, 160 * 1024)]
 
 
-def test_x86_classic_esp(qemu_x86: str, cache: Path, tmp_path: Path, boot_log: Path) -> None:
-    esp = build_esp(descriptions.x86_classic(tmp_path), tmp_path / "esp")
+def test_x86_classic_esp(
+    qemu_x86: str, cache: Path, tmp_path: Path, boot_log: Path, xen_version: str
+) -> None:
+    esp = build_esp(descriptions.x86_classic(tmp_path, xen=xen_version), tmp_path / "esp")
     outcome = boot(qemu_x86, qemu.Media(esp_dir=esp), ["dom0"], log_path=boot_log, timeout=240)
     outcome.check()
     assert "Using builtin config file" not in outcome.output

@@ -13,10 +13,12 @@ from tests.support.grub import install_loader
 
 
 def test_x86_grub_directory_on_an_esp(
-    qemu_x86: str, cache: Path, tmp_path: Path, boot_log: Path
+    qemu_x86: str, cache: Path, tmp_path: Path, boot_log: Path, xen_version: str
 ) -> None:
     esp = tmp_path / "esp"
-    result = run_cli("build", descriptions.x86_classic(tmp_path), "-f", "grub", "-o", esp)
+    result = run_cli(
+        "build", descriptions.x86_classic(tmp_path, xen=xen_version), "-f", "grub", "-o", esp
+    )
     assert result.code == 0, result.stderr
     install_loader(esp)
     outcome = boot(qemu_x86, qemu.Media(esp_dir=esp), ["dom0"], log_path=boot_log, timeout=300)
@@ -25,13 +27,13 @@ def test_x86_grub_directory_on_an_esp(
 
 
 def test_x86_grub_standalone_alone_on_an_esp(
-    qemu_x86: str, cache: Path, tmp_path: Path, boot_log: Path
+    qemu_x86: str, cache: Path, tmp_path: Path, boot_log: Path, xen_version: str
 ) -> None:
     esp = tmp_path / "esp"
     (esp / "EFI/BOOT").mkdir(parents=True)
     image = esp / "EFI/BOOT/BOOTX64.EFI"
-    result = run_cli("build", descriptions.x86_classic(tmp_path), "-f", "grub-standalone",
-                     "-o", image, "--no-manifest")  # fmt: skip
+    description = descriptions.x86_classic(tmp_path, xen=xen_version)
+    result = run_cli("build", description, "-f", "grub-standalone", "-o", image, "--no-manifest")
     assert result.code == 0, result.stderr
     assert [p.name for p in esp.rglob("*") if p.is_file()] == ["BOOTX64.EFI"]
     outcome = boot(qemu_x86, qemu.Media(esp_dir=esp), ["dom0"], log_path=boot_log, timeout=300)
@@ -39,13 +41,13 @@ def test_x86_grub_standalone_alone_on_an_esp(
 
 
 def test_arm64_grub_xen_hypervisor(
-    qemu_arm64: str, cache: Path, tmp_path: Path, boot_log: Path
+    qemu_arm64: str, cache: Path, tmp_path: Path, boot_log: Path, xen_version: str
 ) -> None:
     """GRUB arm64 needs `devicetree` under QEMU's ACPI firmware (docs/qemu-boot.md)."""
     esp = tmp_path / "esp"
     (esp / "EFI/BOOT").mkdir(parents=True)
     image = esp / "EFI/BOOT/BOOTAA64.EFI"
-    description = descriptions.arm64(tmp_path, [])
+    description = descriptions.arm64(tmp_path, [], xen=xen_version)
     result = run_cli("build", description, "-f", "grub-standalone", "-o", image, "--no-manifest",
                      "--grub-lib", cache / payloads.ARM64_GRUB)  # fmt: skip
     assert result.code == 0, result.stderr

@@ -10,9 +10,13 @@ from tests.support import descriptions, payloads
 from tests.support.boot import boot
 
 
-def test_x86_pxe_tree(qemu_x86: str, cache: Path, tmp_path: Path, boot_log: Path) -> None:
+def test_x86_pxe_tree(
+    qemu_x86: str, cache: Path, tmp_path: Path, boot_log: Path, xen_version: str
+) -> None:
     tree = tmp_path / "tftp"
-    result = run_cli("build", descriptions.x86_classic(tmp_path), "-f", "pxe", "-o", tree)
+    result = run_cli(
+        "build", descriptions.x86_classic(tmp_path, xen=xen_version), "-f", "pxe", "-o", tree
+    )
     assert result.code == 0, result.stderr
     assert sorted(p.name for p in tree.iterdir()) == ["README.txt", "bootx64.efi"]
     assert "dnsmasq" in (tree / "README.txt").read_text()
@@ -21,9 +25,12 @@ def test_x86_pxe_tree(qemu_x86: str, cache: Path, tmp_path: Path, boot_log: Path
     outcome.check()
 
 
-def test_arm64_pxe_tree(qemu_arm64: str, cache: Path, tmp_path: Path, boot_log: Path) -> None:
+def test_arm64_pxe_tree(
+    qemu_arm64: str, cache: Path, tmp_path: Path, boot_log: Path, xen_version: str
+) -> None:
     tree = tmp_path / "tftp"
-    result = run_cli("build", descriptions.arm64(tmp_path, []), "-f", "pxe", "-o", tree,
+    description = descriptions.arm64(tmp_path, [], xen=xen_version)
+    result = run_cli("build", description, "-f", "pxe", "-o", tree,
                      "--grub-lib", cache / payloads.ARM64_GRUB)  # fmt: skip
     assert result.code == 0, result.stderr
     media = qemu.Media(tftp_dir=tree, bootfile="bootaa64.efi")

@@ -35,10 +35,10 @@ def secure_firmware(qemu_x86: str) -> str:
     return qemu_x86
 
 
-def build_image(directory: Path, *, sign: bool) -> Path:
-    """The x86 classic unified image at ESP/EFI/BOOT/BOOTX64.EFI, signed with the snakeoil
-    key (encrypted: its passphrase comes from a file) or not."""
-    description = descriptions.x86_classic(directory)
+def build_image(directory: Path, xen_version: str, *, sign: bool) -> Path:
+    """The x86 classic unified image of that Xen at ESP/EFI/BOOT/BOOTX64.EFI, signed with the
+    snakeoil key (encrypted: its passphrase comes from a file) or not."""
+    description = descriptions.x86_classic(directory, xen=xen_version)
     image = directory / "esp" / "EFI" / "BOOT" / "BOOTX64.EFI"
     image.parent.mkdir(parents=True)
     extra: list[str | Path] = []
@@ -64,8 +64,10 @@ def assert_refused(outcome: BootResult) -> None:
     assert not outcome.seen and XEN_STARTED not in outcome.output
 
 
-def test_signed_unified_image_boots(secure_firmware: str, tmp_path: Path, boot_log: Path) -> None:
-    outcome = secure_boot(build_image(tmp_path, sign=True), boot_log)
+def test_signed_unified_image_boots(
+    secure_firmware: str, tmp_path: Path, boot_log: Path, xen_version: str
+) -> None:
+    outcome = secure_boot(build_image(tmp_path, xen_version, sign=True), boot_log)
     outcome.check()
     assert outcome.stopped_by is None
     assert "Using builtin config file" in outcome.output
@@ -74,17 +76,17 @@ def test_signed_unified_image_boots(secure_firmware: str, tmp_path: Path, boot_l
 
 
 def test_unsigned_unified_image_is_refused(
-    secure_firmware: str, tmp_path: Path, boot_log: Path
+    secure_firmware: str, tmp_path: Path, boot_log: Path, xen_version: str
 ) -> None:
-    assert_refused(secure_boot(build_image(tmp_path, sign=False), boot_log))
+    assert_refused(secure_boot(build_image(tmp_path, xen_version, sign=False), boot_log))
 
 
 def test_changed_signed_image_is_refused(
-    secure_firmware: str, tmp_path: Path, boot_log: Path
+    secure_firmware: str, tmp_path: Path, boot_log: Path, xen_version: str
 ) -> None:
     """One option of Xen's embedded command line changed after signing, keeping its length:
     what an attacker with write access to the ESP would do."""
-    image = build_image(tmp_path, sign=True)
+    image = build_image(tmp_path, xen_version, sign=True)
     with image.open("rb") as stream:
         config = pe.parse(stream).section(".config")
     assert config is not None
@@ -96,10 +98,12 @@ def test_changed_signed_image_is_refused(
     assert_refused(secure_boot(image, boot_log))
 
 
-def test_signed_esp_boots(secure_firmware: str, tmp_path: Path, boot_log: Path) -> None:
+def test_signed_esp_boots(
+    secure_firmware: str, tmp_path: Path, boot_log: Path, xen_version: str
+) -> None:
     """--format esp --key: BOOTX64.EFI is a signed copy of xen.efi without its COFF symbol
     table; the firmware runs it and Xen reads its cfg and modules beside it."""
-    description = descriptions.x86_classic(tmp_path)
+    description = descriptions.x86_classic(tmp_path, xen=xen_version)
     password = tmp_path / "passphrase"
     password.write_text("snakeoil\n")
     esp = tmp_path / "esp"

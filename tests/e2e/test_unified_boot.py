@@ -18,10 +18,11 @@ def esp_with(image: Path, esp: Path) -> Path:
 
 
 def test_unified_image_boots(
-    qemu_x86: str, x86_system: Path, tmp_path: Path, boot_log: Path
+    qemu_x86: str, cache: Path, tmp_path: Path, boot_log: Path, xen_version: str
 ) -> None:
     image = tmp_path / "xen.efi"
-    result = run_cli("build", x86_system, "--format", "unified", "-o", image)
+    description = descriptions.x86_classic(tmp_path, xen=xen_version)
+    result = run_cli("build", description, "--format", "unified", "-o", image)
     assert result.code == 0, result.stderr
     outcome = boot(qemu_x86, qemu.Media(esp_dir=esp_with(image, tmp_path / "esp")), ["dom0"],
                    log_path=boot_log, timeout=240)  # fmt: skip
@@ -31,12 +32,14 @@ def test_unified_image_boots(
 
 
 def test_lz4_initrd_from_two_parts_boots(
-    qemu_x86: str, x86_system: Path, tmp_path: Path, boot_log: Path
+    qemu_x86: str, cache: Path, tmp_path: Path, boot_log: Path, xen_version: str
 ) -> None:
     """Linux reads LZ4 legacy initramfs; the parts (gzip + zstd) are joined and recompressed."""
     payloads.make_initramfs("x86_64", "dom0", tmp_path / "extra.zst", compression="zstd")
-    description = x86_system.read_text().replace(
-        'initrd = "initrd.gz"', 'initrd = ["initrd.gz", "extra.zst"]\ninitrd_compression = "lz4"'
+    classic = descriptions.x86_classic(tmp_path, xen=xen_version).read_text()
+    description = classic.replace(
+        'initrd = "dom0.cpio.gz"',
+        'initrd = ["dom0.cpio.gz", "extra.zst"]\ninitrd_compression = "lz4"',
     )
     path = write_description(tmp_path, description, "lz4.toml")
     image = tmp_path / "xen.efi"
@@ -48,10 +51,10 @@ def test_lz4_initrd_from_two_parts_boots(
 
 
 def test_arm64_unified_image_boots(
-    qemu_arm64: str, cache: Path, tmp_path: Path, boot_log: Path
+    qemu_arm64: str, cache: Path, tmp_path: Path, boot_log: Path, xen_version: str
 ) -> None:
     """arm64: a new PE wraps xen.efi (its own header has no room for more sections)."""
-    description = descriptions.arm64(tmp_path, [])  # dom0 only
+    description = descriptions.arm64(tmp_path, [], xen=xen_version)  # dom0 only
     esp = tmp_path / "esp"
     (esp / "EFI" / "BOOT").mkdir(parents=True)
     result = run_cli("build", description, "-f", "unified", "-o", esp / "EFI/BOOT/BOOTAA64.EFI",

@@ -71,21 +71,28 @@ def boot(
     stop_on: Sequence[str] = (),
     fatal: Sequence[str] = FATAL,
     memory: str = "2G",
+    command: Sequence[str] | None = None,
+    until_exit: bool = False,
 ) -> BootResult:
     """Boot and wait for `marker(name)` of every name in `domains`.
 
     `stop_on` are console strings that end the run early without being fatal (a firmware that
-    refuses an image, say); the one seen is in `stopped_by`.
+    refuses an image, say); the one seen is in `stopped_by`. `command` runs instead of QEMU
+    (`hlimage run`, which starts QEMU itself; `media` is then unused), and `until_exit` keeps
+    reading after the markers until it exits by itself, for its `returncode`.
     """
     qemu.check_tools(arch, secure_boot=secure_boot)
     expected = {marker(name): name for name in domains}
     with tempfile.TemporaryDirectory(prefix="hlimage-boot-") as scratch:
-        vars_copy = None
-        if arch == qemu.X86_64:
-            vars_copy = qemu.prepare_vars(Path(scratch) / "vars.fd", secure_boot=secure_boot)
-        argv = qemu.command(
-            arch, media, vars_copy=vars_copy, secure_boot=secure_boot, memory=memory
-        )
+        if command is not None:
+            argv = list(command)
+        else:
+            vars_copy = None
+            if arch == qemu.X86_64:
+                vars_copy = qemu.prepare_vars(Path(scratch) / "vars.fd", secure_boot=secure_boot)
+            argv = qemu.command(
+                arch, media, vars_copy=vars_copy, secure_boot=secure_boot, memory=memory
+            )
         started = time.monotonic()
         process = subprocess.Popen(
             argv,
@@ -124,7 +131,7 @@ def boot(
                         seen.append(name)
                 found_fatal = found_fatal or next((f for f in fatal if f in window), None)
                 stopped_by = stopped_by or next((s for s in stop_on if s in window), None)
-                if len(seen) == len(expected) or found_fatal or stopped_by:
+                if found_fatal or stopped_by or (len(seen) == len(expected) and not until_exit):
                     # Let a few more lines reach the log before stopping the machine.
                     time.sleep(0.5)
                     with contextlib.suppress(BlockingIOError, ValueError):

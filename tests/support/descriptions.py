@@ -9,6 +9,9 @@ from tests.support import payloads
 
 X86_XEN_CMDLINE = "console=com1 com1=115200,8n1 loglvl=all guest_loglvl=all noreboot"
 ARM64_XEN_CMDLINE = "console=dtuart loglvl=all guest_loglvl=all"
+# Seconds dom0 waits before powering off when domUs boot beside it: under software emulation
+# on a loaded machine a domU's marker came 3 s after dom0's.
+DOM0_LINGER = 60
 
 
 @dataclass(frozen=True)
@@ -26,14 +29,16 @@ def arm64(
     dom0: bool = True,
     name: str = "hlimage.toml",
     xen_extra: str = "",
+    xen: str = "4.17",
 ) -> Path:
-    """dom0 (optional) plus dom0less guests, each with its own marker initramfs."""
+    """dom0 (optional) plus dom0less guests, each with its own marker initramfs, on Debian's
+    Xen of release `xen`."""
     cache = payloads.CACHE
     text = f"""[image]
 arch = "arm64"
 
 [xen]
-efi = "{cache / "arm64/xen.efi"}"
+efi = "{payloads.xen_efi("arm64", xen)}"
 dtb = "{cache / payloads.ARM64_DTB}"
 cmdline = "{ARM64_XEN_CMDLINE}"
 {xen_extra}
@@ -42,7 +47,9 @@ cmdline = "{ARM64_XEN_CMDLINE}"
     for guest in domains:
         initrd = directory / f"{guest.name}.cpio.gz"
         if not initrd.exists():
-            payloads.make_initramfs("arm64", guest.name, initrd)
+            # dom0 halts the machine when it powers off: beside domUs it waits for theirs.
+            linger = DOM0_LINGER if guest.name == "dom0" and guests else 1
+            payloads.make_initramfs("arm64", guest.name, initrd, linger=linger)
         console = "console=hvc0 earlycon=xenboot" if guest.name == "dom0" else "console=ttyAMA0"
         text += f"""
 [[domain]]
@@ -67,8 +74,10 @@ def x86_classic(
     extra: str = "",
     initrd_name: str | None = None,
     memory: str = "512M",
+    xen: str = "4.17",
 ) -> Path:
-    """dom0 with a marker initramfs, or with `initrd_name` (a file the caller provides)."""
+    """dom0 with a marker initramfs, or with `initrd_name` (a file the caller provides), on
+    Debian's Xen of release `xen`."""
     cache = payloads.CACHE
     initrd = directory / (initrd_name or "dom0.cpio.gz")
     if initrd_name is None and not initrd.exists():
@@ -79,8 +88,8 @@ def x86_classic(
 arch = "x86_64"
 
 [xen]
-efi = "{cache / "x86_64/xen.efi"}"
-multiboot = "{cache / "x86_64/xen.gz"}"
+efi = "{payloads.xen_efi("x86_64", xen)}"
+multiboot = "{payloads.xen_gz(xen)}"
 cmdline = "{X86_XEN_CMDLINE}"
 
 [[domain]]

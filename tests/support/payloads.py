@@ -35,24 +35,44 @@ class Package:
     arch: str = "amd64"
 
 
+# The Xen releases the boot tests run on: Debian 12's and Debian 13's.
+XEN_VERSIONS = ("4.17", "4.20")
+XEN_SUITES = {"4.17": "bookworm", "4.20": "trixie"}
+DEBIAN_ARCH = {"x86_64": "amd64", "arm64": "arm64"}
+
+
+def xen_efi_name(arch: str, version: str) -> str:
+    return f"{arch}/xen-{version}.efi"
+
+
+def xen_gz_name(version: str) -> str:
+    return f"x86_64/xen-{version}.gz"
+
+
+def _xen_package(arch: str, version: str) -> Package:
+    debian = DEBIAN_ARCH[arch]
+    files = {f"boot/xen-{version}-{debian}.efi": xen_efi_name(arch, version)}
+    if arch == "x86_64":
+        files[f"boot/xen-{version}-{debian}.gz"] = xen_gz_name(version)
+    return Package(f"xen-hypervisor-{version}-{debian}", files, XEN_SUITES[version], debian)
+
+
+# The names the payloads had before there was more than one Xen, which the templates' and
+# integrations' tests stage: plain name -> the 4.17 file it is a hard link to.
+ALIASES = {
+    "x86_64/xen.efi": xen_efi_name("x86_64", "4.17"),
+    "x86_64/xen.gz": xen_gz_name("4.17"),
+    "arm64/xen.efi": xen_efi_name("arm64", "4.17"),
+}
+
 PACKAGES_X86 = (
-    Package(
-        "xen-hypervisor-4.17-amd64",
-        {
-            "boot/xen-4.17-amd64.efi": "x86_64/xen.efi",
-            "boot/xen-4.17-amd64.gz": "x86_64/xen.gz",
-        },
-    ),
+    *(_xen_package("x86_64", version) for version in XEN_VERSIONS),
     # bookworm's 6.1 PV dom0 dies under SMM OVMF builds; trixie's 6.12 boots (docs/qemu-boot.md).
     Package("linux-image-amd64", {"boot/vmlinuz-*": "x86_64/vmlinuz"}, suite="trixie"),
     Package("busybox-static", {"bin/busybox": "x86_64/busybox"}),
 )
 PACKAGES_ARM64 = (
-    Package(
-        "xen-hypervisor-4.17-arm64",
-        {"boot/xen-4.17-arm64.efi": "arm64/xen.efi"},
-        arch="arm64",
-    ),
+    *(_xen_package("arm64", version) for version in XEN_VERSIONS),
     Package("linux-image-cloud-arm64", {"boot/vmlinuz-*": "arm64/Image"}, arch="arm64"),
     Package("busybox-static", {"bin/busybox": "arm64/busybox"}, arch="arm64"),
     # GRUB's arm64-efi modules, for grub-mkstandalone -O arm64-efi on any host.
@@ -68,9 +88,23 @@ def path(name: str) -> Path:
     return CACHE / name
 
 
+def xen_efi(arch: str, version: str = "4.17") -> Path:
+    """Debian's xen.efi of that release for arch (x86_64 or arm64)."""
+    if version not in XEN_VERSIONS:
+        raise ValueError(f"no Xen {version} payload; have {XEN_VERSIONS}")
+    return path(xen_efi_name(arch, version))
+
+
+def xen_gz(version: str = "4.17") -> Path:
+    """Debian's x86 multiboot xen.gz of that release."""
+    if version not in XEN_VERSIONS:
+        raise ValueError(f"no Xen {version} payload; have {XEN_VERSIONS}")
+    return path(xen_gz_name(version))
+
+
 def missing() -> list[str]:
     names = [target for package in PACKAGES for target in package.files.values()]
-    names.append(ARM64_DTB)
+    names += [*ALIASES, ARM64_DTB]
     return [name for name in names if not path(name).exists()]
 
 
@@ -175,6 +209,13 @@ def fetch(verbose: bool = True) -> None:
                     continue
                 shutil.copyfile(matches[-1], destination)
                 os.chmod(destination, 0o644 if "busybox" not in target else 0o755)
+    for alias, target in ALIASES.items():
+        if not path(alias).exists():
+            # A link where the file system has them: the same bytes under both names.
+            try:
+                os.link(path(target), path(alias))
+            except OSError:
+                shutil.copyfile(path(target), path(alias))
     if not path(ARM64_DTB).is_file():
         dump_arm64_dtb(path(ARM64_DTB))
 
@@ -202,7 +243,7 @@ $B mount -t devtmpfs dev /dev
 for t in /dev/console /dev/hvc0 /dev/ttyAMA0 /dev/ttyS0; do
   [ -c $t ] && echo "{marker}" > $t
 done
-$B sleep 1
+$B sleep {linger}
 echo o > /proc/sysrq-trigger
 $B sleep 30
 """
@@ -212,8 +253,11 @@ def marker(name: str) -> str:
     return MARKER_PREFIX + name
 
 
-def initramfs_cpio(arch: str, name: str) -> bytes:
-    """An uncompressed newc archive whose /init prints marker(name) and powers off."""
+def initramfs_cpio(arch: str, name: str, linger: int = 1) -> bytes:
+    """An uncompressed newc archive whose /init prints marker(name) and powers off `linger`
+    seconds later. A hardware domain that powers off halts the machine, so beside other domains
+    it lingers until they have printed theirs (the boot helper stops QEMU once every marker
+    is seen, so lingering costs nothing)."""
     busybox = path(f"{arch}/busybox").read_bytes()
     entries = [
         cpio.directory("bin"),
@@ -223,14 +267,18 @@ def initramfs_cpio(arch: str, name: str) -> bytes:
         cpio.directory("sys"),
         cpio.regular("bin/busybox", busybox, 0o755),
         cpio.symlink("bin/sh", "busybox"),
-        cpio.regular("init", INIT_SCRIPT.format(marker=marker(name)).encode(), 0o755),
+        cpio.regular(
+            "init", INIT_SCRIPT.format(marker=marker(name), linger=linger).encode(), 0o755
+        ),
     ]
     return cpio.build(entries)
 
 
-def make_initramfs(arch: str, name: str, destination: Path, compression: str = "gzip") -> Path:
+def make_initramfs(
+    arch: str, name: str, destination: Path, compression: str = "gzip", *, linger: int = 1
+) -> Path:
     """Write a marker initramfs: compression is gzip, none, xz or zstd."""
-    data = initramfs_cpio(arch, name)
+    data = initramfs_cpio(arch, name, linger)
     if compression == "gzip":
         data = gzip.compress(data, compresslevel=6, mtime=0)
     elif compression == "xz":

@@ -14,6 +14,7 @@ from hlimage.formats import compression, cpio, linux, multiboot2, xencfg
 from hlimage.inputs import probe_initrd, probe_kernel
 from hlimage.streams import Region
 from hlimage.xen.probe import probe_efi, probe_multiboot
+from tests.support import payloads
 
 
 def bzimage(protocol: int = 0x20F, version: bytes = b"6.1.0-test (builder)") -> bytes:
@@ -144,6 +145,19 @@ def test_real_payload_probes(cache: Path) -> None:
     assert probe_efi(cache / "arm64/xen.efi").arch == "arm64"
     multiboot = probe_multiboot(cache / "x86_64/xen.gz")
     assert multiboot.compressed and multiboot.version == (4, 17)
+    assert "module-align" in multiboot.header.tags
+
+
+@pytest.mark.parametrize("version", payloads.XEN_VERSIONS)
+def test_each_xen_release_probes_as_itself(cache: Path, version: str) -> None:
+    """The e2e tests' [4.17] and [4.20] ids are worth only what the files under those names
+    are: a mixed-up cache would boot one release twice."""
+    expected = tuple(int(part) for part in version.split("."))
+    for arch in ("x86_64", "arm64"):
+        xen = probe_efi(payloads.xen_efi(arch, version))
+        assert (xen.arch, xen.version, xen.signed) == (arch, expected, False)
+    multiboot = probe_multiboot(payloads.xen_gz(version))
+    assert multiboot.compressed and multiboot.version == expected
     assert "module-align" in multiboot.header.tags
 
 
