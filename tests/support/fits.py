@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from hlimage.formats import fit
+from hlimage.formats import fdt, fit
 
 TIMESTAMP = 1700000000
 SCRIPT = b"echo hlimage\nbootm ${scriptaddr}\n"
@@ -29,8 +29,11 @@ def sample(directory: Path, *, kernel_size: int = 3_000_001, load_base: int = 0x
     }
     files["script"].write_bytes(SCRIPT)
     files["xen"].write_bytes(os.urandom(kernel_size))
-    # A real device tree is not needed: U-Boot's tools treat a flat_dt image's data as bytes.
-    files["fdt"].write_bytes(os.urandom(4099))
+    # A real tree: fit_check_sign loads the fdt image and refuses one that is not a DTB.
+    host = fdt.DeviceTree()
+    host.root.set("compatible", fdt.string("linux,dummy-virt"))
+    host.ensure("/chosen").set("random", os.urandom(1001))
+    files["fdt"].write_bytes(host.build())
     files["initrd"].write_bytes(os.urandom(1_000_003))
     images = (
         fit.FitImage("script", "script", SCRIPT, description="boot script"),
