@@ -8,6 +8,8 @@ xen.cfg instead, so that the same ESP also carries its command line.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from hlimage.errors import FormatError, HlimageError
 from hlimage.formats import fdt
 from hlimage.model import Capability, Domain, System
@@ -55,18 +57,31 @@ def _cells(address: int, size: int) -> bytes:
     return fdt.cells(address >> 32, address & 0xFFFFFFFF, size >> 32, size & 0xFFFFFFFF)
 
 
+ModuleLocator = Callable[[Module, fdt.Node], None]
+"""Says where a module node's file is: sets the property that locates it, and may rename the
+node (a node with `reg` takes its address as unit name)."""
+
+
+def uefi_binary(module: Module, node: fdt.Node) -> None:
+    """UEFI: Xen's EFI stub reads the file from xen.efi's directory and writes `reg` itself."""
+    node.set("xen,uefi-binary", fdt.string(module.file_name))
+
+
 def add_domains(
     system: System,
     tree: fdt.DeviceTree,
     modules: list[Module],
     version: tuple[int, int] | None,
+    locate: ModuleLocator | None = None,
 ) -> None:
-    """Add a `xen,domain` node per domain to /chosen, modules located by `xen,uefi-binary`."""
+    """Add a `xen,domain` node per domain to /chosen, modules located by `locate` (by
+    `xen,uefi-binary` when not given)."""
     chosen = tree.ensure("/chosen")
     domains = dt_domains(system)
     if domains:
         policy.check_reads(system, version, "dom0less", "[[domain]]", xen_key=XEN_KEY)
-        policy.check_reads(system, version, "xen,uefi-binary", "[[domain]]", xen_key=XEN_KEY)
+        if locate is None:
+            policy.check_reads(system, version, "xen,uefi-binary", "[[domain]]", xen_key=XEN_KEY)
     for domain in domains:
         policy.check_dom0less_domain(system, domain)
         label = policy.domain_label(domain)
@@ -113,7 +128,7 @@ def add_domains(
             node.set("domain-cpupool", fdt.u32(_cpupool_phandle(system, tree, domain)))
         for module in modules:
             if module.domain == domain:
-                node.add_child(_module_node(module))
+                node.add_child(_module_node(module, locate or uefi_binary))
         chosen.add_child(node)
 
 
@@ -124,11 +139,11 @@ MODULE_COMPATIBLE = {
 }
 
 
-def _module_node(module: Module) -> fdt.Node:
+def _module_node(module: Module, locate: ModuleLocator) -> fdt.Node:
     name, compatible = MODULE_COMPATIBLE[module.role]
     node = fdt.Node(name)
     node.set("compatible", fdt.strings([compatible, "multiboot,module"]))
-    node.set("xen,uefi-binary", fdt.string(module.file_name))
+    locate(module, node)
     if module.role == boot_modules.KERNEL and module.cmdline:
         node.set("bootargs", fdt.string(module.cmdline))
     return node
