@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import io
 import struct
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 import construct as c
@@ -178,6 +178,18 @@ class DeviceTree:
 
     def build(self) -> bytes:
         """A v17 blob laid out as dtc does: header, reservation map, structure, strings."""
+        layout = self.layout()
+        return b"".join(piece for piece in layout.pieces if isinstance(piece, bytes))
+
+    def layout(self, holes: Mapping[tuple[str, str], int] | None = None) -> Layout:
+        """The blob `build` writes, in pieces, with some property values left out.
+
+        `holes` maps (node path, property name) to the length the value will have; each such
+        property must hold b"" in the tree. The blob's layout is final, so the caller writes
+        each hole's bytes where the hole stands: a payload streamed from its file, or a value
+        computed from what came before it (a hash after its data).
+        """
+        holes = dict(holes or {})
         if not 0 <= self.boot_cpuid_phys <= U32_MAX:
             raise FormatError(f"boot_cpuid_phys {self.boot_cpuid_phys} does not fit in 32 bits")
         entries = []
@@ -191,17 +203,21 @@ class DeviceTree:
         entries.append({"address": 0, "size": 0})
         reserve_map: bytes = ReserveMap.build(entries)
 
-        writer = _StructureWriter()
-        if self.root.name:
-            raise FormatError(f"the root node has a name ({self.root.name!r}); it must be empty")
-        writer.node(self.root, 1)
-        writer.out += Token.build({"token": FDT_END, "body": None})
-        structure = bytes(writer.out)
-        strings = bytes(writer.strings)
-
         off_mem_rsvmap = align_up(HEADER_SIZE, 8)
         off_dt_struct = off_mem_rsvmap + len(reserve_map)
-        off_dt_strings = off_dt_struct + len(structure)
+        writer = _StructureWriter(holes, off_dt_struct)
+        if self.root.name:
+            raise FormatError(f"the root node has a name ({self.root.name!r}); it must be empty")
+        writer.node(self.root, 1, "/")
+        if writer.holes:
+            path, name = next(iter(writer.holes))
+            raise FormatError(f"device tree hole {path}:{name}: the tree has no such property")
+        writer.token(Token.build({"token": FDT_END, "body": None}), FDT_END, "", "")
+        structure = writer.finish()
+        strings = bytes(writer.strings)
+
+        size_dt_struct = writer.position
+        off_dt_strings = off_dt_struct + size_dt_struct
         totalsize = off_dt_strings + len(strings)
         if totalsize > U32_MAX:
             raise FormatError(f"the device tree would be {totalsize} bytes: more than 4 GiB")
@@ -216,11 +232,19 @@ class DeviceTree:
                 "last_comp_version": LAST_COMP_VERSION,
                 "boot_cpuid_phys": self.boot_cpuid_phys,
                 "size_dt_strings": len(strings),
-                "size_dt_struct": len(structure),
+                "size_dt_struct": size_dt_struct,
             }
         )
         padding = b"\0" * (off_mem_rsvmap - len(header))
-        return header + padding + reserve_map + structure + strings
+        return Layout(
+            pieces=[header + padding + reserve_map, *structure, strings],
+            totalsize=totalsize,
+            off_dt_struct=off_dt_struct,
+            off_dt_strings=off_dt_strings,
+            size_dt_struct=size_dt_struct,
+            size_dt_strings=len(strings),
+            tokens=writer.tokens,
+        )
 
     def to_dts(self) -> str:
         """DTS source that dtc compiles back to this tree.
@@ -238,11 +262,148 @@ class DeviceTree:
         return "\n".join(lines) + "\n"
 
 
+@dataclass(frozen=True)
+class Hole:
+    """A property value that a laid-out blob leaves for its writer to fill."""
+
+    path: str
+    name: str
+    offset: int
+    """Where the value starts in the blob."""
+    length: int
+
+
+@dataclass(frozen=True)
+class TokenSpan:
+    """One token of the structure block, as libfdt's fdt_next_tag walks it."""
+
+    kind: int
+    offset: int
+    """From the start of the structure block, as libfdt counts."""
+    end: int
+    path: str
+    """The node's path (FDT_BEGIN_NODE, FDT_END_NODE) or the property's node (FDT_PROP)."""
+    name: str
+    """The property's name (FDT_PROP only)."""
+
+
+@dataclass
+class Layout:
+    """A blob in order: bytes, and holes for the caller to fill with exactly `length` bytes.
+
+    Offsets are final: the blob is the pieces written one after another.
+    """
+
+    pieces: list[bytes | Hole]
+    totalsize: int
+    off_dt_struct: int
+    off_dt_strings: int
+    size_dt_struct: int
+    size_dt_strings: int
+    tokens: list[TokenSpan]
+
+    def hole(self, path: str, name: str) -> Hole:
+        for piece in self.pieces:
+            if isinstance(piece, Hole) and (piece.path, piece.name) == (path, name):
+                return piece
+        raise KeyError((path, name))
+
+
+def find_regions(
+    layout: Layout,
+    include: Iterable[str],
+    exclude_properties: Iterable[str],
+    *,
+    add_string_table: bool = False,
+) -> list[tuple[int, int]]:
+    """The (blob offset, size) regions of U-Boot's fdt_find_regions (boot/fdt_region.c).
+
+    A node whose path is in `include` is taken with its properties (less those named in
+    `exclude_properties`); its subnodes are taken as their begin and end tokens only, and
+    their subnodes not at all, unless they are included themselves. Adjacent pieces merge
+    into one region, and the last region holds FDT_END (and the string table, if asked).
+    Verified boot signs exactly these bytes, so this follows that code step by step.
+    """
+    wanted = set(include)
+    excluded = set(exclude_properties)
+    base = layout.off_dt_struct
+    regions: list[tuple[int, int]] = []
+    stack: list[int] = []
+    want = 0
+    start = -1
+    for token in layout.tokens:
+        stop_at = token.end
+        if token.kind in (FDT_PROP, FDT_NOP):
+            include_token = want >= 2 and not (token.kind == FDT_PROP and token.name in excluded)
+            stop_at = token.offset
+        elif token.kind == FDT_BEGIN_NODE:
+            stack.append(want)
+            if want == 1:
+                stop_at = token.offset
+            if token.path in wanted:
+                want = 2
+            elif want:
+                want -= 1
+            else:
+                stop_at = token.offset
+            include_token = bool(want)
+        elif token.kind == FDT_END_NODE:
+            include_token = bool(want)
+            want = stack.pop()
+        else:
+            include_token = True
+        if include_token and start == -1:
+            if regions and token.offset == regions[-1][0] + regions[-1][1] - base:
+                start = regions.pop()[0] - base
+            else:
+                start = token.offset
+        if not include_token and start != -1:
+            regions.append((base + start, stop_at - start))
+            start = -1
+    last = layout.tokens[-1]
+    size = last.end - start
+    if add_string_table:
+        size += layout.size_dt_strings
+    regions.append((base + start, size))
+    return regions
+
+
 class _StructureWriter:
-    def __init__(self) -> None:
+    def __init__(self, holes: dict[tuple[str, str], int] | None = None, base: int = 0) -> None:
         self.out = bytearray()
         self.strings = bytearray()
         self.offsets: dict[str, int] = {}
+        self.holes = holes or {}
+        self.base = base
+        self.pieces: list[bytes | Hole] = []
+        self.position = 0
+        """Bytes of the structure block so far, the holes' included."""
+        self.tokens: list[TokenSpan] = []
+
+    def token(self, encoded: bytes, kind: int, path: str, name: str) -> None:
+        self.tokens.append(TokenSpan(kind, self.position, self.position + len(encoded), path, name))
+        self.out += encoded
+        self.position += len(encoded)
+
+    def hole(self, path: str, name: str, length: int) -> None:
+        """A property's token with its value left out (and the value's padding kept)."""
+        if not 0 <= length <= U32_MAX:
+            raise FormatError(f"device tree property {path}:{name}: {length} bytes is over 4 GiB")
+        prop_header = c.Int32ub.build(FDT_PROP) + c.Int32ub.build(length)
+        prop_header += c.Int32ub.build(self.name_offset(name))
+        begin = self.position
+        self.out += prop_header
+        self.pieces.append(bytes(self.out))
+        self.out = bytearray()
+        self.pieces.append(Hole(path, name, self.base + begin + len(prop_header), length))
+        padding = -length % 4
+        self.out += b"\0" * padding
+        self.position = begin + len(prop_header) + length + padding
+        self.tokens.append(TokenSpan(FDT_PROP, begin, self.position, path, name))
+
+    def finish(self) -> list[bytes | Hole]:
+        pieces = [*self.pieces, bytes(self.out)]
+        return [piece for piece in pieces if not isinstance(piece, bytes) or piece]
 
     def name_offset(self, name: str) -> int:
         offset = self.offsets.get(name)
@@ -256,24 +417,30 @@ class _StructureWriter:
             self.offsets[name] = offset
         return offset
 
-    def node(self, node: Node, depth: int) -> None:
+    def node(self, node: Node, depth: int, path: str) -> None:
         if depth > MAX_DEPTH:
             raise FormatError(f"node {node.name} is nested more than {MAX_DEPTH} levels deep")
-        self.out += Token.build(
-            {"token": FDT_BEGIN_NODE, "body": {"name": node.name.encode("ascii")}}
-        )
+        begin = Token.build({"token": FDT_BEGIN_NODE, "body": {"name": node.name.encode("ascii")}})
+        self.token(begin, FDT_BEGIN_NODE, path, "")
         for name, value in node.properties.items():
             _check_property_name(name)
+            length = self.holes.pop((path, name), None)
+            if length is not None:
+                if value:
+                    raise FormatError(f"device tree hole {path}:{name}: the value must be b''")
+                self.hole(path, name, length)
+                continue
             body = {"nameoff": self.name_offset(name), "value": bytes(value)}
-            self.out += Token.build({"token": FDT_PROP, "body": body})
+            self.token(Token.build({"token": FDT_PROP, "body": body}), FDT_PROP, path, name)
         seen = set()
+        prefix = path.rstrip("/")
         for child in node.children:
             _check_node_name(child.name)
             if child.name in seen:
                 raise FormatError(f"node {node.name or '/'} has two children named {child.name}")
             seen.add(child.name)
-            self.node(child, depth + 1)
-        self.out += Token.build({"token": FDT_END_NODE, "body": None})
+            self.node(child, depth + 1, f"{prefix}/{child.name}")
+        self.token(Token.build({"token": FDT_END_NODE, "body": None}), FDT_END_NODE, path, "")
 
 
 def parse(data: bytes) -> DeviceTree:

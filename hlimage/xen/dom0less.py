@@ -8,6 +8,7 @@ xen.cfg instead, so that the same ESP also carries its command line.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from hlimage.errors import FormatError, HlimageError
@@ -61,18 +62,33 @@ def _cells(address: int, size: int) -> bytes:
     return fdt.cells(address >> 32, address & 0xFFFFFFFF, size >> 32, size & 0xFFFFFFFF)
 
 
+ModuleLocator = Callable[[PlannedFile, fdt.Node], None]
+"""Says where a module node's file is: sets the property that locates it, and may rename the
+node (a node with `reg` takes its address as unit name)."""
+
+
+def uefi_binary(module: PlannedFile, node: fdt.Node) -> None:
+    """UEFI: Xen's EFI stub reads the file from xen.efi's directory and writes `reg` itself."""
+    node.set("xen,uefi-binary", fdt.string(module.name))
+
+
 def add_domains(
     system: System,
     tree: fdt.DeviceTree,
     modules: list[PlannedFile],
     version: tuple[int, int] | None,
+    locate: ModuleLocator | None = None,
 ) -> None:
-    """Add a `xen,domain` node per domain to /chosen, modules located by `xen,uefi-binary`."""
+    """Add a `xen,domain` node per domain to /chosen, modules located by `locate` (by
+    `xen,uefi-binary` when not given)."""
     chosen = tree.ensure("/chosen")
     domains = dt_domains(system)
     if domains:
         policy.require_release(system, version, "dom0less", "[[domain]]", xen_key=XEN_KEY)
-        policy.require_release(system, version, "xen,uefi-binary", "[[domain]]", xen_key=XEN_KEY)
+        if locate is None:
+            policy.require_release(
+                system, version, "xen,uefi-binary", "[[domain]]", xen_key=XEN_KEY
+            )
     for domain in domains:
         policy.validate_dom0less_domain(system, domain)
         label = policy.domain_label(domain)
@@ -121,7 +137,7 @@ def add_domains(
             node.set("domain-cpupool", fdt.u32(_cpupool_phandle(system, tree, domain)))
         for module in modules:
             if module.domain == domain:
-                node.add_child(_module_node(module))
+                node.add_child(_module_node(module, locate or uefi_binary))
         chosen.add_child(node)
 
 
@@ -132,11 +148,11 @@ MODULE_COMPATIBLE = {
 }
 
 
-def _module_node(module: PlannedFile) -> fdt.Node:
+def _module_node(module: PlannedFile, locate: ModuleLocator) -> fdt.Node:
     name, compatible = MODULE_COMPATIBLE[module.role]
     node = fdt.Node(name)
     node.set("compatible", fdt.strings([compatible, "multiboot,module"]))
-    node.set("xen,uefi-binary", fdt.string(module.name))
+    locate(module, node)
     if module.role is Role.KERNEL and module.cmdline:
         node.set("bootargs", fdt.string(module.cmdline))
     return node

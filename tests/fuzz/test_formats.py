@@ -1,6 +1,6 @@
 """Fuzzing the binary and text format parsers of hlimage/formats (FDT, FAT, GPT and the DER
 reader have their own in tests/unit): PE/COFF, the multiboot2 header, Linux boot headers, cpio,
-the streaming decompressors and xen.cfg."""
+the streaming decompressors, xen.cfg and U-Boot's uImage."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import zstandard
 from hypothesis import event, given
 from hypothesis import strategies as st
 
-from hlimage.formats import authenticode, compression, cpio, linux, multiboot2, pe, xencfg
+from hlimage.formats import authenticode, compression, cpio, linux, multiboot2, pe, uimage, xencfg
 from tests.fuzz.conftest import FUZZ, FUZZ_SLOW, INTERESTING_32, mutated, survives
 
 # --- samples ----------------------------------------------------------------------------------
@@ -396,3 +396,29 @@ def test_xencfg_render_parse(options: dict[str, str]) -> None:
     parsed = xencfg.parse(text).get("xen", {})
     for key, value in options.items():
         assert parsed[key] == value.strip(" ")
+
+
+# --- uImage -----------------------------------------------------------------------------------
+
+UIMAGE = uimage.script_image(b"echo fuzz\nbooti\n", name="fuzz", timestamp=1)
+
+
+def check_uimage(data: bytes) -> None:
+    image = survives(lambda: uimage.parse(data))
+    if image is not None:
+        survives(image.script)
+
+
+@FUZZ
+@given(st.data())
+def test_uimage_mutated(data: st.DataObject) -> None:
+    check_uimage(data.draw(mutated(UIMAGE, 64)))
+
+
+@FUZZ
+@given(st.binary(max_size=256), st.integers(0, 255))
+def test_uimage_sealed_random_data(body: bytes, image_type: int) -> None:
+    """With both CRCs right, the parser gets past them to the multi-file layout."""
+    sealed = uimage.build(body, name="x", timestamp=0, arch=22, image_type=image_type)
+    check_uimage(sealed)
+    assert uimage.parse(sealed).data == body

@@ -127,12 +127,15 @@ def _debian_uri() -> str:
 class Apt:
     """apt-get and apt-cache with private state, so the machine's apt setup is left alone."""
 
-    def __init__(self, suite: str, root: Path) -> None:
-        self.root = root / suite
+    def __init__(self, suite: str, root: Path, *, source_packages: bool = False) -> None:
+        self.root = root / (f"{suite}-src" if source_packages else suite)
         for sub in ("lists/partial", "cache/archives/partial", "etc"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
         sources = self.root / "etc" / "sources.list"
-        sources.write_text(f"deb [arch=amd64,arm64] {_debian_uri()} {suite} main\n")
+        line = f"deb [arch=amd64,arm64] {_debian_uri()} {suite} main\n"
+        if source_packages:
+            line += f"deb-src {_debian_uri()} {suite} main\n"
+        sources.write_text(line)
         self.options = [
             "-o", f"Dir::Etc::SourceList={sources}",
             "-o", "Dir::Etc::SourceParts=/dev/null",

@@ -654,3 +654,66 @@ def test_random_headers(fields: list[int], version: int, body: bytes) -> None:
 @given(st.lists(st.sampled_from([begin(b""), begin(b"a"), END_NODE, NOP, END, prop(0, b"x")])))
 def test_random_token_streams(tokens: list[bytes]) -> None:
     parses_or_format_error(blob_of(b"".join(tokens), b"p\0"))
+
+
+@FUZZ
+@given(trees, st.data())
+def test_layout_with_holes_fills_to_build(tree: DeviceTree, data: st.DataObject) -> None:
+    """Leaving any properties' values as holes and writing them in place gives build()'s
+    bytes, and every hole and token stands where the blob has it."""
+    whole = tree.build()
+    paths = [(path, node, name) for path, node in tree.walk() for name in node.properties]
+    indices = st.lists(st.integers(0, len(paths) - 1), unique=True) if paths else st.just([])
+    chosen = [paths[index] for index in data.draw(indices)]
+    values = {(path, name): node.properties[name] for path, node, name in chosen}
+    for _, node, name in chosen:
+        node.properties[name] = b""
+    layout = tree.layout({key: len(value) for key, value in values.items()})
+    out = bytearray()
+    for piece in layout.pieces:
+        if isinstance(piece, fdt.Hole):
+            assert piece.offset == len(out)
+            out += values[(piece.path, piece.name)]
+        else:
+            out += piece
+    assert bytes(out) == whole and layout.totalsize == len(whole)
+    structure = whole[layout.off_dt_struct : layout.off_dt_struct + layout.size_dt_struct]
+    assert layout.tokens[-1].end == len(structure)
+    for span in layout.tokens:
+        assert struct.unpack(">I", structure[span.offset : span.offset + 4])[0] == span.kind
+
+
+def test_layout_rejects_bad_holes() -> None:
+    tree = DeviceTree()
+    tree.root.set("data", b"x")
+    with pytest.raises(FormatError, match="must be b''"):
+        tree.layout({("/", "data"): 1})
+    with pytest.raises(FormatError, match="no such property"):
+        tree.layout({("/", "other"): 1})
+
+
+def test_find_regions_follows_libfdt() -> None:
+    """An included node's properties (less excluded ones), its subnodes' begin and end tokens
+    only (theirs not at all), and FDT_END: the rules of U-Boot's fdt_find_regions."""
+    tree = DeviceTree()
+    tree.root.set("top", fdt.u32(1))
+    images = tree.ensure("/images")
+    image = tree.ensure("/images/a")
+    image.set("data", b"payload!")
+    image.set("type", fdt.string("kernel"))
+    tree.ensure("/images/a/hash-1").set("value", b"HASHVAL!")
+    tree.ensure("/images/b").set("type", fdt.string("ramdisk"))
+    images.children[1].add_child(Node("deep")).set("secret", b"nope")
+    layout = tree.layout()
+    blob = tree.build()
+    regions = fdt.find_regions(layout, ["/", "/images/a"], ["data"])
+    taken = b"".join(blob[offset : offset + size] for offset, size in regions)
+    assert b"payload!" not in taken and b"\0\0\0\x08" not in taken  # data's token and length
+    assert fdt.string("kernel") in taken and b"HASHVAL!" not in taken  # hash-1 not included itself
+    assert fdt.string("ramdisk") not in taken and b"nope" not in taken
+    # /images is taken as its begin and end only, so its other children not at all.
+    assert b"hash-1\0" in taken and b"deep" not in taken
+    assert struct.pack(">I", fdt.FDT_BEGIN_NODE) + b"b\0\0\0" not in taken
+    assert taken.endswith(struct.pack(">I", fdt.FDT_END))
+    with_strings = fdt.find_regions(layout, ["/"], [], add_string_table=True)
+    assert with_strings[-1][0] + with_strings[-1][1] == len(blob)
