@@ -21,15 +21,16 @@ are checked on that pass.
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import os
 import struct
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from hlimage.errors import FormatError, TruncatedError
-from hlimage.formats import ReadAt, compression, cpio, elf, linux, multiboot2, pe
+from hlimage.formats import ReadAt, compression, cpio, elf, leading_zeros, linux, multiboot2, pe
 from hlimage.streams import Region
 
 # pyelftools names the machine; these are the architectures hlimage knows.
@@ -78,8 +79,16 @@ def check_kernel_length(head: bytes, length: int) -> None:
             pass  # a stub header no loader of a kernel reads; what Xen reads was checked
 
 
+@dataclass(frozen=True)
+class _Source:
+    read: ReadAt
+    data_from: Callable[[int], int]
+    """The first offset at or after this one that may hold anything but zeros: past a hole in
+    a sparse file at once (SEEK_DATA), where the file system says where its holes are."""
+
+
 @contextlib.contextmanager
-def _read_at(region: Region) -> Iterator[ReadAt]:
+def _read_at(region: Region) -> Iterator[_Source]:
     """Positional reads of a region: pread on its file where it is a plain range of one (only
     what is asked for is read), else one forward pass over its chunks (a file inside a FAT
     volume, say)."""
@@ -91,11 +100,19 @@ def _read_at(region: Region) -> Iterator[ReadAt]:
                 count = max(0, min(count, region.length - offset))
                 return os.pread(descriptor, count, region.offset + offset) if count else b""
 
-            yield read
+            def data_from(offset: int) -> int:
+                try:
+                    found = os.lseek(descriptor, region.offset + offset, os.SEEK_DATA)
+                except OSError as error:
+                    # ENXIO: nothing but a hole to the end; anything else: no hole map.
+                    return region.length if error.errno == errno.ENXIO else offset
+                return max(offset, min(found - region.offset, region.length))
+
+            yield _Source(read, data_from)
         return
     chunks = region.chunks()
     try:
-        yield _ForwardReader(chunks).read
+        yield _Source(_ForwardReader(chunks).read, lambda offset: offset)
     finally:
         close = getattr(chunks, "close", None)  # a generator's: its file closes now
         if close is not None:
@@ -200,8 +217,8 @@ def probe_kernel(region: Region) -> KernelInfo:
     if kind == compression.GZIP:
         return _probe_gzip_kernel(region)
     if kind is not None:
-        with _read_at(region) as read:
-            compression.stream_end(kind, read, 0, region.length)
+        with _read_at(region) as source:
+            compression.stream_end(kind, source.read, 0, region.length)
         inner = _decompressed_head(kind, region)
         inner_info = _uncompressed_kernel(inner) if inner else None
         if inner_info is None:
@@ -333,29 +350,35 @@ def check_initrd_length(region: Region) -> None:
     as far as its formats state lengths without decompressing (see the module's docstring).
     Like Linux's unpacker, takes archives one after another: cpio archives, zero padding, and
     compressed streams (an early cpio of microcode before a compressed main one, say)."""
-    with _read_at(region) as read:
+    with _read_at(region) as source:
         position, length = 0, region.length
         while position < length:
-            head = read(position, 16)
+            head = source.read(position, 16)
             if cpio.is_newc(head):
-                position = _cpio_end(read, position, length)
+                position = _cpio_end(source, position, length)
             elif head[:1] == b"\0":
-                position = _after_zeros(read, position, length)
+                position = _after_zeros(source, position, length)
             else:
-                end = compression.stream_end(compression.detect(head), read, position, length)
+                kind = compression.detect(head)
+                end = compression.stream_end(kind, source.read, position, length)
                 if end is None:
                     return  # where this ends, only decompressing finds; what follows is unseen
                 position = end
 
 
-def _cpio_end(read: ReadAt, start: int, length: int) -> int:
+def _cpio_end(source: _Source, start: int, length: int) -> int:
     """Where the cpio archives (and the zero padding after them) at `start` end."""
     check = cpio.ArchiveCheck(start, stop_at_other=True)
     while check.offset < length and check.other_at is None:
         if check.skippable:
             check.skip(min(check.skippable, length - check.offset))
             continue
-        data = read(check.offset, min(CPIO_READ, length - check.offset))
+        if check.at_padding:
+            hole = source.data_from(check.offset) - check.offset
+            if hole > 0:
+                check.skip_padding(hole)
+                continue
+        data = source.read(check.offset, min(CPIO_READ, length - check.offset))
         if not data:
             break
         check.feed(data)
@@ -365,12 +388,13 @@ def _cpio_end(read: ReadAt, start: int, length: int) -> int:
     return check.offset
 
 
-def _after_zeros(read: ReadAt, start: int, length: int) -> int:
+def _after_zeros(source: _Source, start: int, length: int) -> int:
     position = start
     while position < length:
-        data = read(position, min(CPIO_READ, length - position))
-        rest = data.lstrip(b"\0")
-        position += len(data) - len(rest)
-        if rest or not data:
+        position = max(position, source.data_from(position))
+        data = source.read(position, min(CPIO_READ, length - position))
+        zeros = leading_zeros(data)
+        position += zeros
+        if zeros < len(data) or not data:
             break
-    return position
+    return min(position, length)

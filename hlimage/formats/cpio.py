@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import BinaryIO
 
 from hlimage.errors import FormatError, TruncatedError
+from hlimage.formats import leading_zeros
 
 NEWC_MAGIC = b"070701"
 CRC_MAGIC = b"070702"
@@ -167,6 +168,16 @@ class ArchiveCheck:
     def skippable(self) -> int:
         return self._skip if self._state == "data" else 0
 
+    @property
+    def at_padding(self) -> bool:
+        """Between members or archives, where zero padding may be (and `skip_padding` may
+        pass over a run the caller knows is zeros, a hole in a sparse file)."""
+        return self._state == "between"
+
+    def skip_padding(self, count: int) -> None:
+        assert self.at_padding and count >= 0
+        self.offset += count
+
     def skip(self, count: int) -> None:
         assert 0 <= count <= self.skippable
         self.offset += count
@@ -199,8 +210,7 @@ class ArchiveCheck:
 
     def _between(self, view: memoryview) -> int:
         if view[0] == 0:
-            rest = bytes(view[: 64 << 10])
-            zeros = len(rest) - len(rest.lstrip(b"\0"))
+            zeros = leading_zeros(view)
             self.offset += zeros
             return zeros
         if view[0] == ord("0"):

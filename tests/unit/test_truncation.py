@@ -6,6 +6,7 @@ from __future__ import annotations
 import gzip
 import io
 import lzma
+import os
 import struct
 from collections.abc import Iterator
 from pathlib import Path
@@ -380,3 +381,51 @@ def test_kernel_probe_reads_other_regions_forward(tmp_path: Path) -> None:
     path = write(tmp_path, "vmlinuz.zst", zstd[:-3])
     with pytest.raises(TruncatedError, match="truncated zstd stream"):
         probe_kernel(_StreamedRegion(path))
+
+
+@pytest.mark.parametrize("zeros", [0, 1, 4095, 4096, 4097, 70000])
+def test_leading_zeros(zeros: int) -> None:
+    from hlimage.formats import leading_zeros
+
+    assert leading_zeros(bytes(zeros)) == zeros
+    assert leading_zeros(memoryview(bytes(zeros) + b"x" + bytes(5000))) == zeros
+
+
+def test_initrd_with_a_long_zero_tail(tmp_path: Path, initramfs: bytes) -> None:
+    """Zero padding after the archive (here 64 MiB of hole) is passed over quickly."""
+    path = tmp_path / "padded.img"
+    with path.open("wb") as stream:
+        stream.write(initramfs)
+        stream.truncate(len(initramfs) + (64 << 20))
+    check_initrd_length(Region(path))
+    with path.open("r+b") as stream:
+        stream.seek(len(initramfs) + (32 << 20))
+        stream.write(b"junk")  # not an archive Linux would read: judged by what it is
+    check_initrd_length(Region(path))
+    with path.open("r+b") as stream:
+        stream.seek(len(initramfs) + (32 << 20))
+        stream.write(initramfs[:1000])  # another archive, cut short (its data: the zeros)
+    with pytest.raises(TruncatedError, match=r"after member bin/busybox with no TRAILER!!!"):
+        check_initrd_length(Region(path))
+
+
+def test_holes_are_passed_over_unread(
+    tmp_path: Path, initramfs: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A sparse file's hole (here 4 GiB after the archive) is found with SEEK_DATA, not read;
+    so is one inside a member's data, which is seeked over anyway."""
+    path = tmp_path / "sparse.img"
+    with path.open("wb") as stream:
+        stream.write(initramfs)
+        stream.truncate(len(initramfs) + (4 << 30))
+    real_pread = os.pread
+    read: list[int] = []
+
+    def counting(descriptor: int, count: int, offset: int) -> bytes:
+        data = real_pread(descriptor, count, offset)
+        read.append(len(data))
+        return data
+
+    monkeypatch.setattr(os, "pread", counting)
+    check_initrd_length(Region(path))
+    assert sum(read) < len(initramfs) + (1 << 20)
