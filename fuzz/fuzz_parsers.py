@@ -28,8 +28,8 @@ import atheris
 with atheris.instrument_imports():
     from hlimage import config, inspect
     from hlimage.errors import HlimageError
-    from hlimage.formats import compression, cpio, fdt, linux, multiboot2, pe, xencfg
-    from hlimage.inputs import probe_initrd, probe_kernel
+    from hlimage.formats import compression, cpio, elf, fdt, linux, multiboot2, pe, xencfg
+    from hlimage.inputs import check_initrd_length, probe_initrd, probe_kernel
     from hlimage.streams import Region
     from hlimage.xen.probe import probe_efi, probe_multiboot
 
@@ -52,6 +52,8 @@ def _pe(data: bytes) -> None:
 def _decompress(kind: str) -> Callable[[bytes], None]:
     def run(data: bytes) -> None:
         middle = len(data) // 2
+        with contextlib.suppress(HlimageError):
+            compression.stream_end(kind, lambda at, count: data[at : at + count], 0, len(data))
         for piece in compression.decompress(kind, iter([data[:middle], data[middle:]])):
             assert len(piece) <= compression.LZ4_LEGACY_BLOCK
 
@@ -70,11 +72,22 @@ def _linux(data: bytes) -> None:
     linux.parse_bzimage(data)
     linux.parse_arm64(data)
     linux.linux_banner_version(data)
+    elf.stated_length(data)
 
 
 def _cpio(data: bytes) -> None:
+    with contextlib.suppress(HlimageError):
+        check = cpio.ArchiveCheck()
+        check.feed(data)
+        check.finish()
     for _ in cpio.members(io.BytesIO(data)):
         pass
+
+
+def _initrd(data: bytes) -> None:
+    region = Region(_as_file(data))
+    if probe_initrd(region).kind != "unknown":
+        check_initrd_length(region)
 
 
 def _inspect(data: bytes) -> None:
@@ -93,7 +106,7 @@ TARGETS: dict[str, Callable[[bytes], object]] = {
     "xencfg": lambda data: xencfg.parse(data.decode("latin-1")),
     "fdt": fdt.parse,
     "kernel": lambda data: probe_kernel(Region(_as_file(data))),
-    "initrd": lambda data: probe_initrd(Region(_as_file(data))),
+    "initrd": _initrd,
     "xen-efi": lambda data: probe_efi(_as_file(data)),
     "xen-multiboot": lambda data: probe_multiboot(_as_file(data)),
     "config": _config,

@@ -2,11 +2,18 @@
 
 A killed build leaves the previous output (or nothing) at the target, and at worst a hidden
 temporary file beside it, which the next build into the same place removes.
+
+Durable too, as dpkg and git make what they write: before the rename, every file of the output
+and every directory in it is flushed to disk (fsync), and so is the directory that holds the
+target, with the temporary's name in it; after the rename that directory is flushed again. A
+power cut (or a kernel crash) then leaves the old output or the new one at the target, never a
+renamed file whose data never reached the disk (zero-length or half-written on ext4 and xfs).
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 import tempfile
@@ -53,6 +60,39 @@ def _clean_stale(target: Path) -> None:
                     stale.unlink()
 
 
+def _fsync(descriptor: int, shown: str | os.PathLike[str], *, directory: bool = False) -> None:
+    try:
+        os.fsync(descriptor)
+    except OSError as error:
+        # Some file systems (network ones, FUSE) cannot sync a directory: what they can, is.
+        if directory and error.errno in (errno.EINVAL, errno.ENOTSUP, errno.EBADF):
+            return
+        # An I/O error here is the disk's: the build fails and the old output stays.
+        raise OSError(
+            error.errno, f"cannot flush to disk: {error.strerror}", os.fspath(shown)
+        ) from None
+
+
+def _sync(path: str | os.PathLike[str], *, directory: bool = False) -> None:
+    """Flush a file's data and metadata, or a directory's entries, to disk."""
+    descriptor = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if directory else 0))
+    try:
+        _fsync(descriptor, path, directory=directory)
+    finally:
+        os.close(descriptor)
+
+
+def _sync_tree(root: Path) -> None:
+    """Every file and directory under `root`, and `root`, on disk: each directory after what
+    it holds, so that no directory names a file whose data is not there yet."""
+    for directory, _, names in os.walk(root, topdown=False):
+        for name in names:
+            path = os.path.join(directory, name)
+            if not os.path.islink(path):  # a link is the directory's entry, synced with it
+                _sync(path)
+        _sync(directory, directory=True)
+
+
 @contextlib.contextmanager
 def atomic_file(target: Path) -> Iterator[BinaryIO]:
     _check_parent(target)
@@ -72,10 +112,12 @@ def atomic_file(target: Path) -> Iterator[BinaryIO]:
         # it is empty): on ext4 a truncated file's close starts writeback of all of it.
         with open(temporary, "r+b") as stream:
             yield stream
-            # No fsync: the rename protects against a killed build, and forcing gigabytes to
-            # disk would triple the build time; like cp and objcopy, durability is the OS's.
-        os.chmod(temporary, 0o666 & ~_umask())
+            os.fchmod(stream.fileno(), 0o666 & ~_umask())
+            stream.flush()
+            _fsync(stream.fileno(), shown)
+        _sync(target.parent, directory=True)
         os.replace(temporary, target)
+        _sync(target.parent, directory=True)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(temporary)
@@ -147,7 +189,10 @@ def atomic_directory(target: Path) -> Iterator[Path]:
     try:
         yield temporary
         os.chmod(temporary, 0o777 & ~_umask())
+        _sync_tree(temporary)
+        _sync(target.parent, directory=True)
         if target.exists() and _exchange(temporary, target):
+            _sync(target.parent, directory=True)
             shutil.rmtree(temporary, ignore_errors=True)  # it holds the previous output now
         elif target.exists():
             # Without an exchange, a build killed between the two renames leaves nothing at
@@ -157,9 +202,11 @@ def atomic_directory(target: Path) -> Iterator[Path]:
             )
             os.rename(target, retired / "old")
             os.rename(temporary, target)
+            _sync(target.parent, directory=True)
             shutil.rmtree(retired, ignore_errors=True)
         else:
             os.rename(temporary, target)
+            _sync(target.parent, directory=True)
     except BaseException:
         shutil.rmtree(temporary, ignore_errors=True)
         raise

@@ -23,3 +23,26 @@ class HlimageError(Exception):
 
 class FormatError(HlimageError):
     """A binary or text input does not parse as the format it should be in."""
+
+
+class TruncatedError(FormatError):
+    """Data shorter than its own headers say it is: a copy or a download cut short.
+
+    `size` is what there is and `needed` what the headers say there must be, where a format
+    states it (a stream that only ends with an end marker has no `needed`)."""
+
+    advice = "give the whole file (was a copy or a download cut short?)"
+
+    def __init__(self, message: str, *, size: int | None = None, needed: int | None = None):
+        self.size = size
+        self.needed = needed
+        super().__init__(message)
+
+    @classmethod
+    def stated(cls, what: str, *, size: int, needed: int, by: str) -> TruncatedError:
+        """The usual message: 'truncated WHAT: it has SIZE bytes, but BY says it needs NEEDED'."""
+        return cls(
+            f"truncated {what}: it has {size} bytes, but {by} says it needs {needed}",
+            size=size,
+            needed=needed,
+        )

@@ -1,7 +1,8 @@
 """A domain's files as payloads: the kernel, and the initrd (joined and recompressed as asked).
 
-Inputs are probed here, before anything is written: a kernel for the wrong architecture or an
-initrd Linux cannot unpack is an error naming the description key.
+Inputs are probed here, before anything is written: a kernel for the wrong architecture, an
+initrd Linux cannot unpack or a file cut short is an error naming the description key. Every
+output format takes its kernels and initrds from here, so every one refuses the same inputs.
 """
 
 from __future__ import annotations
@@ -11,9 +12,9 @@ import struct
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from hlimage.errors import FormatError, HlimageError
-from hlimage.formats import compression
-from hlimage.inputs import KernelInfo, probe_initrd, probe_kernel
+from hlimage.errors import FormatError, HlimageError, TruncatedError
+from hlimage.formats import compression, cpio
+from hlimage.inputs import KernelInfo, check_initrd_length, probe_initrd, probe_kernel
 from hlimage.model import Domain, InitrdCompression, System
 from hlimage.streams import ConcatPayload, Payload, Region
 
@@ -43,6 +44,8 @@ def kernel_info(system: System, domain: Domain) -> KernelInfo:
         # Domains often share one kernel; a gzip'd one is read whole to probe it, so only once.
         status = domain.kernel.stat()
         info = _probe_kernel(domain.kernel.resolve(), status.st_size, status.st_mtime_ns)
+    except TruncatedError as error:
+        raise HlimageError(f"{key}: {error}; {error.advice}", where=domain.kernel) from None
     except FormatError as error:
         raise HlimageError(f"{key}: {error}", where=domain.kernel) from None
     except OSError as error:
@@ -77,15 +80,29 @@ class Lz4LegacyPayload(Payload):
     def _joined(self) -> Iterator[bytes]:
         for index, (region, kind, key) in enumerate(self.parts):
             length = 0
+            # The one pass that decompresses a compressed part checks the cpio inside too,
+            # which probing cannot without decompressing it (an uncompressed part it did).
+            archive: cpio.ArchiveCheck | None = None
             try:
                 for chunk in compression.decompress(kind, region.chunks()):
+                    if not length and kind is not None and cpio.is_newc(chunk):
+                        archive = cpio.ArchiveCheck()
                     length += len(chunk)
+                    if archive is not None:
+                        archive.feed(chunk)
                     yield chunk
             except FormatError as error:
                 raise HlimageError(
                     f"{key}: {error}; give an intact file (it is decompressed for "
                     'initrd_compression = "lz4")',
                     where=region.path,
+                ) from None
+            try:
+                if archive is not None:
+                    archive.finish()
+            except TruncatedError as error:
+                raise HlimageError(
+                    f"{key}: the {kind} data holds a {error}; {error.advice}", where=region.path
                 ) from None
             if index < len(self.parts) - 1 and length % INITRD_ALIGN:
                 yield b"\0" * (-length % INITRD_ALIGN)
@@ -107,8 +124,14 @@ def initrd_payload(system: System, domain: Domain) -> Payload | None:
             )
         try:
             info = probe_initrd(region)
+            if info.kind != "unknown":
+                check_initrd_length(region)
+        except TruncatedError as error:
+            raise HlimageError(f"{key}: {error}; {error.advice}", where=path) from None
         except FormatError as error:
             raise HlimageError(f"{key}: {error}", where=path) from None
+        except OSError as error:
+            raise HlimageError(f"{key}: cannot read: {error.strerror}", where=path) from None
         kind = None if info.kind in ("cpio", "unknown") else info.kind
         if domain.initrd_compression is InitrdCompression.LZ4 and kind not in RECOMPRESSIBLE:
             raise HlimageError(

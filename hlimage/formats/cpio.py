@@ -8,7 +8,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
 
-from hlimage.errors import FormatError
+from hlimage.errors import FormatError, TruncatedError
+from hlimage.formats import leading_zeros
 
 NEWC_MAGIC = b"070701"
 CRC_MAGIC = b"070702"
@@ -131,3 +132,156 @@ def members(stream: BinaryIO, limit: int | None = None) -> Iterator[Member]:
 
 def is_newc(head: bytes) -> bool:
     return head[:6] in (NEWC_MAGIC, CRC_MAGIC)
+
+
+class ArchiveCheck:
+    """Checks, as bytes arrive, that they are whole newc archives: each member's header and
+    name complete, its data within the input, each archive closed by its TRAILER!!! entry.
+    Zero bytes may sit between members and after archives (Linux's unpacker skips them).
+
+    Member data need not be looked at: while `skippable` is non-zero the caller may `skip`
+    that many bytes (seek over them) instead of feeding them, so that a check of a large
+    archive on disk reads its headers only. `finish` at the end of the input raises
+    TruncatedError when it ended inside an archive.
+    """
+
+    def __init__(self, start: int = 0, *, stop_at_other: bool = False) -> None:
+        self.offset = start
+        """Where the next byte fed is, in the input."""
+        self.members = 0
+        self.archives = 0
+        self.other_at: int | None = None
+        """Where data that is not cpio starts after a closed archive (with stop_at_other)."""
+        self._stop_at_other = stop_at_other
+        self._closed = False
+        self._state = "between"
+        self._buffer = bytearray()
+        self._want = 0
+        self._header_at = 0
+        self._namesize = 0
+        self._filesize = 0
+        self._name = ""
+        self._data_end = 0
+        self._skip = 0
+
+    @property
+    def skippable(self) -> int:
+        return self._skip if self._state == "data" else 0
+
+    @property
+    def at_padding(self) -> bool:
+        """Between members or archives, where zero padding may be (and `skip_padding` may
+        pass over a run the caller knows is zeros, a hole in a sparse file)."""
+        return self._state == "between"
+
+    def skip_padding(self, count: int) -> None:
+        assert self.at_padding and count >= 0
+        self.offset += count
+
+    def skip(self, count: int) -> None:
+        assert 0 <= count <= self.skippable
+        self.offset += count
+        self._skip -= count
+        if not self._skip:
+            self._state = "between"
+
+    def feed(self, data: bytes | bytearray | memoryview) -> int:
+        """Takes `data`, the next bytes of the input; returns how many it took: all of them,
+        unless data that is not cpio starts in them (see `other_at`)."""
+        view = memoryview(data).cast("B")
+        used = 0
+        while used < len(view) and self.other_at is None:
+            if self._state == "data":
+                take = min(self._skip, len(view) - used)
+                used += take
+                self.skip(take)
+            elif self._state == "between":
+                used += self._between(view[used:])
+            else:
+                take = min(self._want - len(self._buffer), len(view) - used)
+                self._buffer += view[used : used + take]
+                used += take
+                self.offset += take
+                if len(self._buffer) == self._want and self._state == "header":
+                    self._header()
+                elif len(self._buffer) == self._want:
+                    self._named()
+        return used
+
+    def _between(self, view: memoryview) -> int:
+        if view[0] == 0:
+            zeros = leading_zeros(view)
+            self.offset += zeros
+            return zeros
+        if view[0] == ord("0"):
+            if self.offset % 4:
+                raise FormatError(
+                    f"cpio header at offset {self.offset} is not at a multiple of 4 bytes"
+                )
+            self._state, self._want, self._header_at = "header", HEADER_SIZE, self.offset
+            self._buffer.clear()
+            return 0
+        if self._closed and self._stop_at_other:
+            self.other_at = self.offset
+            return 0
+        if self._closed:
+            raise FormatError(f"data after the cpio archive at offset {self.offset} is not cpio")
+        raise FormatError(
+            f"the data at offset {self.offset}, after cpio member {self._name}, is not a cpio "
+            "header"
+        )
+
+    def _header(self) -> None:
+        header = bytes(self._buffer)
+        if header[:6] not in (NEWC_MAGIC, CRC_MAGIC):
+            raise FormatError(f"not a newc cpio header at offset {self._header_at} (bad magic)")
+        if not _HEX_FIELDS.fullmatch(header[6:]):
+            raise FormatError("cpio header has a field that is not hexadecimal")
+        self._filesize = int(header[54:62], 16)
+        self._namesize = int(header[94:102], 16)
+        if self._namesize == 0 or self._namesize > MAX_NAME:
+            raise FormatError(f"cpio header has a bad name size ({self._namesize})")
+        self._state = "name"
+        self._want = self._namesize + (-(HEADER_SIZE + self._namesize) % 4)
+        self._buffer.clear()
+
+    def _named(self) -> None:
+        name = bytes(self._buffer[: self._namesize]).rstrip(b"\0")
+        self._name = name.decode("utf-8", "replace")
+        self._closed = self._name == TRAILER
+        if self._closed:
+            self.archives += 1
+        else:
+            self.members += 1
+        self._data_end = self._header_at + HEADER_SIZE + self._want + self._filesize
+        self._skip = self._filesize + (-self._filesize % 4)
+        self._state = "data" if self._skip else "between"
+
+    def finish(self) -> None:
+        """The input ended here: TruncatedError unless that is after a whole archive."""
+        if self._state == "name" and len(self._buffer) >= self._namesize:
+            self._named()  # only the name's padding is missing: judged by what the name says
+        if self._state in ("header", "name"):
+            needed = self._header_at + HEADER_SIZE
+            if self._state == "name":
+                needed += self._namesize
+            raise TruncatedError.stated(
+                "cpio archive",
+                size=self.offset,
+                needed=needed,
+                by=f"the member header at offset {self._header_at}",
+            )
+        if self._state == "data" and self.offset < self._data_end:
+            raise TruncatedError.stated(
+                "cpio archive",
+                size=self.offset,
+                needed=self._data_end,
+                by=f"the header of member {self._name}",
+            )
+        if not self._closed:
+            last = f"after member {self._name} " if self.members else ""
+            raise TruncatedError(
+                f"truncated cpio archive: it ends at {self.offset} bytes {last}with no "
+                f"{TRAILER} entry, which closes every archive",
+                size=self.offset,
+            )

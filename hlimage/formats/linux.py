@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 import construct as c
 
+from hlimage.errors import TruncatedError
+
 # Documentation/arch/x86/boot.rst: the setup header starts at 0x1f1.
 SETUP_HEADER_OFFSET = 0x1F1
 SetupHeader = c.Struct(
@@ -68,6 +70,8 @@ class BzImage:
     protocol: int
     """Boot protocol version, e.g. 0x20f for 2.15."""
     setup_sects: int
+    syssize: int
+    """The protected-mode kernel's length in 16-byte paragraphs (32 bits since protocol 2.04)."""
     payload_offset: int
     payload_length: int
     version: str | None
@@ -75,6 +79,24 @@ class BzImage:
     @property
     def protocol_text(self) -> str:
         return f"{self.protocol >> 8}.{self.protocol & 0xFF:02d}"
+
+    @property
+    def stated_length(self) -> int | None:
+        """The bytes a boot loader reads: the boot sector and setup sectors, then the kernel
+        (boot.rst: "the 32-bit code begins at (setup_sects+1)*512"). None before 2.04, whose
+        syssize was 16 bits and so says nothing about a large kernel."""
+        if self.protocol < 0x204:
+            return None
+        return (self.setup_sects + 1) * 512 + self.syssize * 16
+
+    def check_length(self, size: int) -> None:
+        """TruncatedError when `size` bytes cannot hold what the setup header says. More is
+        fine: a signed kernel carries its signature after the kernel."""
+        needed = self.stated_length
+        if needed is not None and size < needed:
+            raise TruncatedError.stated(
+                "bzImage", size=size, needed=needed, by="its setup header (setup_sects, syssize)"
+            )
 
 
 def parse_bzimage(head: bytes) -> BzImage | None:
@@ -93,6 +115,7 @@ def parse_bzimage(head: bytes) -> BzImage | None:
     return BzImage(
         protocol=int(header.version),
         setup_sects=int(setup_sects),
+        syssize=int(header.syssize),
         payload_offset=int(header.payload_offset) if header.version >= 0x208 else 0,
         payload_length=int(header.payload_length) if header.version >= 0x208 else 0,
         version=version,
@@ -101,6 +124,10 @@ def parse_bzimage(head: bytes) -> BzImage | None:
 
 @dataclass(frozen=True)
 class Arm64Image:
+    """The arm64 Image header. It states no length of the file: image_size is what the kernel
+    takes in memory, BSS included, so it is larger than the file; a cut-short Image shows in
+    its EFI stub's PE header instead (pe.parse)."""
+
     text_offset: int
     image_size: int
     flags: int

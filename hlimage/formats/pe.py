@@ -14,7 +14,7 @@ from typing import BinaryIO
 
 import construct as c
 
-from hlimage.errors import FormatError
+from hlimage.errors import FormatError, TruncatedError
 from hlimage.formats import align_up
 from hlimage.streams import ChecksumAccumulator, Payload, StreamResult, copy_range, copy_stream
 
@@ -299,9 +299,8 @@ def parse(stream: BinaryIO) -> PeImage:
     if len(consumed) > optional_size:
         raise FormatError("not a PE image: data directories overrun the optional header")
     if int(optional.SizeOfHeaders) > file_size:
-        raise FormatError(
-            f"truncated PE image: SizeOfHeaders 0x{int(optional.SizeOfHeaders):x} is past the end "
-            f"of the file (0x{file_size:x})"
+        raise TruncatedError.stated(
+            "PE image", size=file_size, needed=int(optional.SizeOfHeaders), by="SizeOfHeaders"
         )
     if int(coff.NumberOfSections) > MAX_SECTIONS:
         raise FormatError(f"not a usable PE image: {coff.NumberOfSections} sections")
@@ -313,13 +312,32 @@ def parse(stream: BinaryIO) -> PeImage:
     for index in range(count):
         header = SectionHeader.parse(table[index * SECTION_HEADER_SIZE :])
         sections.append(Section(_section_name(header.Name, strings), header))
-    for section in sections:
-        if section.raw_size and section.raw_offset + section.raw_size > file_size:
-            raise FormatError(
-                f"truncated PE image: section {section.name} ends at "
-                f"0x{section.raw_offset + section.raw_size:x}, past the end of the file "
-                f"(0x{file_size:x})"
-            )
+    # What the headers say the file holds: every section's raw data (what a loader reads, so
+    # named first), then the COFF symbol and string tables (after the sections in an image that
+    # keeps them, as Debian's x86 xen.efi does) and the certificate table (whose "address" is a
+    # file offset), which a cut-short signed image loses first.
+    ends = [
+        (section.raw_offset + section.raw_size, f"its section table (section {section.name})")
+        for section in sections
+        if section.raw_size
+    ]
+    needed, by = max(ends, default=(0, ""))
+    if needed > file_size:
+        raise TruncatedError.stated("PE image", size=file_size, needed=needed, by=by)
+    if int(coff.PointerToSymbolTable):
+        symbols_end = int(coff.PointerToSymbolTable) + 18 * int(coff.NumberOfSymbols)
+        ends.append((symbols_end, "its COFF header (the symbol table)"))
+        if symbols_end + 4 <= file_size:
+            stream.seek(symbols_end)
+            (strings_size,) = struct.unpack("<I", stream.read(4))
+            ends.append((symbols_end + strings_size, "its COFF string table's size"))
+    directories = optional.DataDirectories
+    if len(directories) > DIRECTORY_SECURITY and directories[DIRECTORY_SECURITY].Size:
+        security = directories[DIRECTORY_SECURITY]
+        ends.append((int(security.VirtualAddress) + int(security.Size), "its certificate table"))
+    needed, by = max(ends, default=(0, ""))
+    if needed > file_size:
+        raise TruncatedError.stated("PE image", size=file_size, needed=needed, by=by)
     return PeImage(
         dos=dos,
         coff=coff,

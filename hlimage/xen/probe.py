@@ -1,4 +1,8 @@
-"""What a Xen image is: its architecture, version, payload sections, and what it can parse."""
+"""What a Xen image is: its architecture, version, payload sections, and what it can parse.
+
+A Xen image cut short is refused here, whatever the output: xen.efi by its PE section table
+(pe.parse), xen.gz by its gzip stream ending early and the ELF inside by its header tables.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +11,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from hlimage.errors import FormatError, HlimageError
-from hlimage.formats import compression, multiboot2, pe
+from hlimage.errors import FormatError, HlimageError, TruncatedError
+from hlimage.formats import compression, elf, multiboot2, pe
 from hlimage.model import System
 from hlimage.payloads import article
 from hlimage.streams import Region
@@ -99,6 +103,8 @@ def probe_efi(path: Path, *, key: str = "[xen] efi") -> XenEfi:
     try:
         with path.open("rb") as stream:
             image = pe.parse(stream)
+    except TruncatedError as error:
+        raise HlimageError(f"{key}: {error}; {error.advice}", where=path) from None
     except FormatError as error:
         head = Region(path).head(4)
         if compression.detect(head) == compression.GZIP or head == b"\x7fELF":
@@ -159,17 +165,30 @@ def probe_multiboot(path: Path, *, key: str = "[xen] multiboot") -> XenMultiboot
             where=path,
         )
     start = bytearray()
+    # The decompressed length, once the scan has read to the end (it stops after SCAN_LIMIT).
+    length: list[int | None] = [region.length if kind is None else None]
 
     def decompressed() -> Iterator[bytes]:
+        total = 0
         for chunk in compression.decompress(kind, region.chunks()):
             if len(start) < multiboot2.SEARCH_LIMIT:
                 start.extend(chunk[: multiboot2.SEARCH_LIMIT - len(start)])
+            total += len(chunk)
             yield chunk
+        length[0] = total
 
     try:
         scan = _scan(decompressed())
+    except TruncatedError as error:
+        raise HlimageError(f"{key}: {error}; {error.advice}", where=path) from None
     except FormatError as error:
         raise HlimageError(f"{key}: {error}; give an intact xen.gz", where=path) from None
+    try:
+        if length[0] is not None:
+            elf.check_length(bytes(start), length[0])
+    except TruncatedError as error:
+        inside = "" if kind is None else "the gzip data decompresses to a "
+        raise HlimageError(f"{key}: {inside}{error}; {error.advice}", where=path) from None
     if bytes(start[:2]) == b"MZ":
         raise HlimageError(
             f"{key}: a PE image, not an ELF; GRUB's multiboot2 loader needs Xen's ELF image: "

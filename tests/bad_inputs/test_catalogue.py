@@ -3,7 +3,8 @@ its one line on stderr, no traceback, and nothing written (no output, no tempora
 
 A case is a description (a base from cases.toml, edited, or its own text), the files it needs
 (made here, by the recipes in RECIPES) and the command; its `error` is the line after
-"hlimage: error: ", with the test's directory written {tmp} and the payload cache {cache}.
+"hlimage: error: ", with the test's directory written {tmp}, the payload cache {cache} and the
+size of a staged file {size:NAME}.
 """
 
 from __future__ import annotations
@@ -13,7 +14,9 @@ import functools
 import gzip
 import lzma
 import os
+import re
 import shlex
+import struct
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +25,7 @@ from typing import Any
 import lz4.frame
 import pytest
 
+from hlimage.formats import compression, cpio
 from tests.conftest import run_cli
 from tests.support import payloads
 from tests.support.signing import key_and_certificate
@@ -134,6 +138,70 @@ def _hyperlaunch_xen() -> bytes:
     return gzip.compress(plain + b"\0hypervisor,xen\0module-index\0", compresslevel=1, mtime=0)
 
 
+def _lz4_literal_block(data: bytes) -> bytes:
+    """One LZ4 block holding `data` as literals only: valid for any decoder, and the same bytes
+    whatever lz4 library is installed (so the catalogue's sizes do not move)."""
+    token, length = (0xF0, len(data) - 15) if len(data) >= 15 else (len(data) << 4, -1)
+    extra = b"" if length < 0 else b"\xff" * (length // 255) + bytes([length % 255])
+    return bytes([token]) + extra + data
+
+
+def _zstd_raw_frame(data: bytes) -> bytes:
+    """A zstd frame of raw (stored) blocks: valid zstd, and the same bytes whatever zstd."""
+    out = bytearray(struct.pack("<I", compression.ZSTD_MAGIC))
+    out += b"\x00\x38"  # no checksum, no content size; a 128 KiB window
+    size = compression.ZSTD_BLOCK_MAX
+    blocks = [data[i : i + size] for i in range(0, len(data), size)]
+    for index, block in enumerate(blocks):
+        last = index == len(blocks) - 1
+        out += (len(block) << 3 | int(last)).to_bytes(3, "little") + block
+    return bytes(out)
+
+
+def _pipe_source(source: str) -> bytes:
+    kind, _, argument = source.partition(" ")
+    match kind:
+        case "cache":  # PATH: a cached payload, whole
+            return (payloads.CACHE / argument).read_bytes()
+        case "cpio":  # ARCH: the marker initramfs, uncompressed
+            return payloads.initramfs_cpio(argument, "dom0")
+    raise AssertionError(f"unknown pipe source {source!r}")
+
+
+def _pipe_step(data: bytes, step: str) -> bytes:
+    operation, _, argument = step.partition(" ")
+    match operation:
+        case "head":  # N: the first N bytes
+            return data[: int(argument)]
+        case "drop":  # N: all but the last N bytes
+            return data[: -int(argument)]
+        case "half":
+            return data[: len(data) // 2]
+        case "no-trailer":  # a cpio archive without its last header (the TRAILER!!! entry)
+            return data[: data.rfind(cpio.NEWC_MAGIC)]
+        case "gzip":
+            return gzip.compress(data, compresslevel=1, mtime=0)
+        case "gunzip":
+            return gzip.decompress(data)
+        case "xz":
+            return lzma.compress(data, preset=0)
+        case "zstd-raw":
+            return _zstd_raw_frame(data)
+        case "lz4-legacy-raw":  # one literal-only block, framed as LZ4 legacy
+            block = _lz4_literal_block(data)
+            return struct.pack("<II", compression.LZ4_LEGACY_MAGIC, len(block)) + block
+    raise AssertionError(f"unknown pipe step {step!r}")
+
+
+@functools.cache
+def _pipe(recipe: str) -> bytes:
+    source, *steps = (part.strip() for part in recipe.split("|"))
+    data = _pipe_source(source)
+    for step in steps:
+        data = _pipe_step(data, step)
+    return data
+
+
 def _sparse(path: Path, size: str) -> None:
     from hlimage.config import parse_size
 
@@ -156,6 +224,8 @@ def make(directory: Path, scratch: Path, name: str, recipe: str) -> None:
             source, count = argument.split()
             with (payloads.CACHE / source).open("rb") as stream:
                 path.write_bytes(stream.read(int(count)))
+        case "pipe":  # SOURCE | STEP | ...: a payload cut, compressed... (see _pipe_step)
+            path.write_bytes(_pipe(argument))
         case "gzip-truncated":  # PATH: a kernel's first MiB gzip'd, cut in half
             data = _kernel_head_gzip(argument)
             path.write_bytes(data[: len(data) // 2])
@@ -220,6 +290,14 @@ def prepare(case: Case, directory: Path, scratch: Path) -> list[str]:
     return [word.format(**values) for word in words]
 
 
+def sized(error: str, directory: Path) -> str:
+    """`error` with {size:NAME} as the size of the staged file NAME: for a compressed file,
+    whose size each version of the compressor makes a little different."""
+    return re.sub(
+        r"\{size:([^}]+)\}", lambda match: str((directory / match[1]).stat().st_size), error
+    )
+
+
 @pytest.fixture(scope="session")
 def scratch(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Where files shared by several cases (a signed xen.efi, a unified image) are made once."""
@@ -242,7 +320,7 @@ def test_refused_with_one_line(
     assert lines[0].startswith(PREFIX), lines[0]
     line = lines[0][len(PREFIX) :].replace(str(tmp_path), "{tmp}")
     line = line.replace(str(payloads.CACHE), "{cache}")
-    assert line == case.error
+    assert line == sized(case.error, tmp_path)
     assert result.stdout == ""
     # Nothing written: no output, no manifest, no temporary left beside them.
     assert _listing(tmp_path) == before

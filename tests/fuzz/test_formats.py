@@ -1,6 +1,7 @@
 """Fuzzing the binary and text format parsers of hlimage/formats (FDT, FAT, GPT and the DER
-reader have their own in tests/unit): PE/COFF, the multiboot2 header, Linux boot headers, cpio,
-the streaming decompressors, xen.cfg and U-Boot's uImage."""
+reader have their own in tests/unit): PE/COFF, the multiboot2 header, Linux boot headers, ELF
+header tables, cpio, the streaming decompressors, compressed streams' framing, xen.cfg and
+U-Boot's uImage."""
 
 from __future__ import annotations
 
@@ -16,7 +17,18 @@ import zstandard
 from hypothesis import event, given
 from hypothesis import strategies as st
 
-from hlimage.formats import authenticode, compression, cpio, linux, multiboot2, pe, uimage, xencfg
+from hlimage.errors import FormatError, TruncatedError
+from hlimage.formats import (
+    authenticode,
+    compression,
+    cpio,
+    elf,
+    linux,
+    multiboot2,
+    pe,
+    uimage,
+    xencfg,
+)
 from tests.fuzz.conftest import FUZZ, FUZZ_SLOW, INTERESTING_32, mutated, survives
 
 # --- samples ----------------------------------------------------------------------------------
@@ -236,6 +248,33 @@ def check_cpio(data: bytes) -> None:
 
     survives(walk)
     survives(lambda: list(cpio.members(io.BytesIO(data), limit=1)))
+    whole = archive_check(data, [len(data)])
+    # However the bytes arrive (and whatever is skipped), the verdict is the same.
+    for step in (1, 7, 113):
+        assert archive_check(data, list(range(step, len(data), step))) == whole
+
+
+def archive_check(data: bytes, cuts: list[int]) -> str:
+    """What cpio.ArchiveCheck says of `data` fed in pieces split at `cuts`, member data
+    skipped where it may be: 'whole', or the refusal's class."""
+    check = cpio.ArchiveCheck()
+    try:
+        for piece in pieces(data, cuts):
+            view = memoryview(piece)
+            while view:
+                if check.skippable:
+                    step = min(check.skippable, len(view))
+                    check.skip(step)
+                    view = view[step:]
+                else:
+                    view = view[check.feed(view) :]
+        check.finish()
+    except TruncatedError as error:
+        assert error.needed is None or error.needed > check.offset
+        return "truncated"
+    except FormatError:
+        return "format"
+    return "whole"
 
 
 @FUZZ
@@ -327,6 +366,55 @@ def test_decompress_mutated(kind: str, data: st.DataObject, cuts: list[int]) -> 
 def test_decompress_intact_in_any_chunks(kind: str, cuts: list[int]) -> None:
     out = b"".join(compression.decompress(kind, iter(pieces(STREAMS[kind], cuts))))
     assert out.startswith(SAMPLE)
+
+
+FRAMED = (compression.XZ, compression.ZSTD, compression.LZ4_LEGACY)
+
+
+def check_stream_end(kind: str, data: bytes) -> None:
+    def run() -> int | None:
+        calls: list[int] = []
+
+        def read(offset: int, count: int) -> bytes:
+            # In increasing order, so that a forward-only reader serves it too.
+            assert not calls or offset >= calls[-1]
+            calls.append(offset)
+            return data[offset : offset + count]
+
+        end = compression.stream_end(kind, read, 0, len(data))
+        assert end is None or 0 < end <= len(data)
+        return end
+
+    survives(run)
+
+
+@FUZZ
+@given(st.sampled_from(FRAMED), st.data())
+def test_stream_end_mutated(kind: str, data: st.DataObject) -> None:
+    check_stream_end(kind, data.draw(mutated(STREAMS[kind])))
+
+
+@FUZZ
+@given(st.sampled_from(FRAMED), st.binary(max_size=2048))
+def test_stream_end_random(kind: str, data: bytes) -> None:
+    magic = next(m for m, name in compression.MAGICS if name == kind)
+    check_stream_end(kind, magic + data)
+
+
+@pytest.mark.parametrize("kind", FRAMED)
+def test_stream_end_of_intact_streams(kind: str) -> None:
+    data = STREAMS[kind]
+    end = compression.stream_end(kind, lambda at, count: data[at : at + count], 0, len(data))
+    assert end == len(data) or (kind == compression.LZ4_LEGACY and end is not None)
+
+
+@FUZZ
+@given(st.data())
+def test_elf_stated_length_mutated(xen_elf_head: bytes, data: st.DataObject) -> None:
+    head = data.draw(mutated(xen_elf_head, hot=0x100))
+    stated = elf.stated_length(head)
+    assert stated is None or stated.needed >= 0
+    survives(lambda: elf.check_length(head, len(head)))
 
 
 @FUZZ

@@ -14,7 +14,7 @@ from hypothesis import event, given
 from hypothesis import strategies as st
 
 from hlimage.formats import compression, cpio
-from hlimage.inputs import InitrdInfo, KernelInfo, probe_initrd, probe_kernel
+from hlimage.inputs import InitrdInfo, KernelInfo, check_initrd_length, probe_initrd, probe_kernel
 from hlimage.streams import Region
 from hlimage.xen.probe import probe_efi, probe_multiboot
 from tests.fuzz.conftest import FUZZ, FUZZ_SLOW, mutated, survives
@@ -56,6 +56,11 @@ INITRDS = {
 }
 
 
+def _checked(region: Region) -> bool:
+    check_initrd_length(region)
+    return True
+
+
 def probe_file(scratch: Path, data: bytes, probe: str) -> None:
     scratch.write_bytes(data)
     info: KernelInfo | InitrdInfo | None
@@ -63,6 +68,9 @@ def probe_file(scratch: Path, data: bytes, probe: str) -> None:
         info = survives(lambda: probe_kernel(Region(scratch)))
     else:
         info = survives(lambda: probe_initrd(Region(scratch)))
+        if info is not None and info.kind != "unknown":
+            whole = survives(lambda: _checked(Region(scratch)))
+            event(f"initrd length: {'refused' if whole is None else 'whole'}")
     event(f"{probe}: {'refused' if info is None else info.kind}")
     if info is not None:
         info.describe()

@@ -17,7 +17,7 @@ from pathlib import Path
 import pefile
 import pytest
 
-from hlimage.formats import compression, pe
+from hlimage.formats import compression, cpio, pe
 from hlimage.streams import file_sha256
 from tests.conftest import require, run_cli, write_description
 from tests.support import payloads
@@ -236,7 +236,10 @@ def test_signed_input_loses_its_signature_with_a_warning(x86_system: Path, tmp_p
 
 def test_initrd_parts_are_joined_on_4_byte_boundaries(x86_system: Path, tmp_path: Path) -> None:
     odd = tmp_path / "odd.bin"
-    odd.write_bytes(b"070701" + b"0" * 101)  # 107 bytes: needs one byte of padding
+    # A whole archive without the zero padding after its trailer's name: 4n+1 bytes, so the
+    # next part starts after 3 bytes of padding. (Not a cpio header cut short: that is refused.)
+    odd.write_bytes(cpio.build([cpio.regular("kernel/x86/microcode/x.bin", b"abc")])[:-3])
+    assert len(odd.read_bytes()) % 4 == 1
     description = x86_system.read_text().replace(
         'initrd = "initrd.gz"', 'initrd = ["odd.bin", "initrd.gz"]'
     )
@@ -244,7 +247,7 @@ def test_initrd_parts_are_joined_on_4_byte_boundaries(x86_system: Path, tmp_path
     build(path, tmp_path / "out.efi")
     data = json.loads(run_cli("inspect", "--json", tmp_path / "out.efi").stdout)
     ramdisk = next(s for s in data["sections"] if s["name"] == ".ramdisk")
-    joined = odd.read_bytes() + b"\0" + (tmp_path / "initrd.gz").read_bytes()
+    joined = odd.read_bytes() + b"\0" * 3 + (tmp_path / "initrd.gz").read_bytes()
     assert ramdisk["virtual_size"] == len(joined)
     assert ramdisk["sha256"] == hashlib.sha256(joined).hexdigest()
 
