@@ -46,13 +46,13 @@ def test_x86_classic_directory(cache: Path, tmp_path: Path) -> None:
     assert result.code == 0, result.stderr
     text = (tmp_path / "grub/grub.cfg").read_text()
     script_check(text, tmp_path)
-    assert "multiboot2 /xen.gz placeholder console=com1" in text
+    assert f"multiboot2 /{payloads.xen_gz().name} placeholder console=com1" in text
     assert "dom0_mem=512M ${xen_rm_opts}" in text
     assert "module2 /vmlinuz placeholder console=hvc0 earlyprintk=xen\n" in text
     assert "module2 --nounzip /dom0.cpio.gz\n" in text
     assert text.index("/vmlinuz") < text.index("/dom0.cpio.gz")  # the real initrd right after
     for name, source in (
-        ("xen.gz", cache / "x86_64/xen.gz"),
+        (payloads.xen_gz().name, payloads.xen_gz()),
         ("vmlinuz", cache / "x86_64/vmlinuz"),
     ):
         assert file_sha256(tmp_path / "grub" / name) == file_sha256(source)
@@ -88,7 +88,7 @@ def test_arm64_entry(cache: Path, tmp_path: Path) -> None:
 def test_hyperlaunch_chain_order_matches_the_lcm(cache: Path, tmp_path: Path) -> None:
     xen = hyperlaunch_xen(tmp_path)
     description = descriptions.x86_classic(tmp_path, extra="vcpus = 2\n")
-    text = description.read_text().replace(str(cache / "x86_64/xen.gz"), str(xen))
+    text = description.read_text().replace(str(payloads.xen_gz()), str(xen))
     text += f"""
 [[domain]]
 name = "guest1"

@@ -64,8 +64,8 @@ def system(
     xen = arm64_image(tmp_path / "xen.efi", 900_000, 3 * MIB)
     kernel = arm64_image(tmp_path / "Image", 5 * MIB + 1, 6 * MIB)
     domu_kernel = kernel if shared_kernel else arm64_image(tmp_path / "Image-domu", MIB, MIB)
-    (tmp_path / "dom0.cpio").write_bytes(b"070701" + os.urandom(initrd_size - 6))
-    (tmp_path / "domu.cpio").write_bytes(b"070701" + os.urandom(MIB - 6))
+    (tmp_path / "dom0.cpio").write_bytes(b"not-a-cpio-test-initrd" + os.urandom(initrd_size - 22))
+    (tmp_path / "domu.cpio").write_bytes(b"not-a-cpio-test-initrd" + os.urandom(MIB - 22))
     dtb = host_dtb(tmp_path / "host.dtb", ram, reserved)
     extra = ""
     if xsm:
