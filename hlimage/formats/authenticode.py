@@ -5,9 +5,8 @@ sbsign and sbverify agree with), not the letter of Microsoft's document where th
 data after the sections is hashed from SizeOfHeaders plus the sum of the sections' raw sizes
 up to the file size less the certificate table's size.
 
-The DER here is only as much as Authenticode needs: an encoder for the SignedData we build
-and a strict reader for the ones we are shown. Anything the reader does not understand is a
-FormatError; it never trusts a length before checking it against the bytes it has.
+The SignedData is built and read with the DER codec in `der.py`; anything the reader does not
+understand is a FormatError.
 
 Nothing here decides whether a signature is good enough: that is the caller's business.
 """
@@ -15,7 +14,7 @@ Nothing here decides whether a signature is good enough: that is the caller's bu
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import BinaryIO
 
@@ -26,7 +25,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
 from hlimage.errors import FormatError
-from hlimage.formats import align_up, pe
+from hlimage.formats import align_up, der, pe
 from hlimage.streams import CHUNK
 
 SPC_INDIRECT_DATA = "1.3.6.1.4.1.311.2.1.4"
@@ -192,106 +191,27 @@ def image_digest(stream: BinaryIO, image: pe.PeImage, algorithm: str = "sha256")
     return digest.digest()
 
 
-# --- DER encoding ---------------------------------------------------------------------------
-
-TAG_INTEGER = 0x02
-TAG_BIT_STRING = 0x03
-TAG_OCTET_STRING = 0x04
-TAG_NULL = 0x05
-TAG_OID = 0x06
-TAG_BMP_STRING = 0x1E
-TAG_SEQUENCE = 0x30
-TAG_SET = 0x31
-CONSTRUCTED = 0x20
-CONTEXT = 0x80
-
-
-def der_length(length: int) -> bytes:
-    if length < 0x80:
-        return bytes([length])
-    encoded = length.to_bytes((length.bit_length() + 7) // 8, "big")
-    return bytes([0x80 | len(encoded)]) + encoded
-
-
-def der_tlv(tag: int, content: bytes) -> bytes:
-    return bytes([tag]) + der_length(len(content)) + content
-
-
-def der_sequence(*items: bytes) -> bytes:
-    return der_tlv(TAG_SEQUENCE, b"".join(items))
-
-
-def der_set(items: Iterable[bytes]) -> bytes:
-    """A SET OF: DER orders the elements by their encodings, shorter ones padded with zeros."""
-    elements = list(items)
-    width = max((len(e) for e in elements), default=0)
-
-    def key(element: bytes) -> bytes:
-        return element.ljust(width, b"\0")
-
-    ordered: list[bytes] = sorted(elements, key=key)
-    return der_tlv(TAG_SET, b"".join(ordered))
-
-
-def der_integer(value: int) -> bytes:
-    magnitude = value if value >= 0 else -value - 1
-    return der_tlv(TAG_INTEGER, value.to_bytes(magnitude.bit_length() // 8 + 1, "big", signed=True))
-
-
-def der_oid(dotted: str) -> bytes:
-    arcs = [int(arc) for arc in dotted.split(".")]
-    if len(arcs) < 2 or arcs[0] > 2 or (arcs[0] < 2 and arcs[1] >= 40):
-        raise ValueError(f"not an object identifier: {dotted}")
-    content = bytearray()
-    for arc in [40 * arcs[0] + arcs[1], *arcs[2:]]:
-        chunk = [arc & 0x7F]
-        arc >>= 7
-        while arc:
-            chunk.append(0x80 | (arc & 0x7F))
-            arc >>= 7
-        content += bytes(reversed(chunk))
-    return der_tlv(TAG_OID, bytes(content))
-
-
-def der_octet_string(data: bytes) -> bytes:
-    return der_tlv(TAG_OCTET_STRING, data)
-
-
-def der_null() -> bytes:
-    return der_tlv(TAG_NULL, b"")
-
-
-def der_explicit(number: int, content: bytes) -> bytes:
-    """[number] EXPLICIT: a constructed context tag around a whole encoding."""
-    return der_tlv(CONTEXT | CONSTRUCTED | number, content)
-
-
-def der_implicit(number: int, encoding: bytes) -> bytes:
-    """[number] IMPLICIT: the encoding's own tag replaced, keeping its constructed bit."""
-    return bytes([CONTEXT | (encoding[0] & CONSTRUCTED) | number]) + encoding[1:]
-
-
 def algorithm_identifier(oid: str) -> bytes:
     # With an explicit NULL, as OpenSSL writes it and as EDK2's fixed-offset OID check expects.
-    return der_sequence(der_oid(oid), der_null())
+    return der.sequence(der.oid(oid), der.null())
 
 
 def spc_indirect_data_content(digest: bytes, algorithm: str = "sha256") -> bytes:
     """SpcIndirectDataContent for a PE image, laid out as sbsign and signtool write it."""
-    file_name = der_implicit(0, der_tlv(TAG_BMP_STRING, OBSOLETE_FILE_NAME.encode("utf-16-be")))
-    pe_image_data = der_sequence(
-        der_tlv(TAG_BIT_STRING, b"\0"),  # flags: none
-        der_explicit(0, der_explicit(2, file_name)),  # SpcLink.file: SpcString.unicode
+    file_name = der.implicit(0, der.tlv(der.TAG_BMP_STRING, OBSOLETE_FILE_NAME.encode("utf-16-be")))
+    pe_image_data = der.sequence(
+        der.tlv(der.TAG_BIT_STRING, b"\0"),  # flags: none
+        der.explicit(0, der.explicit(2, file_name)),  # SpcLink.file: SpcString.unicode
     )
-    return der_sequence(
-        der_sequence(der_oid(SPC_PE_IMAGE_DATA), pe_image_data),
+    return der.sequence(
+        der.sequence(der.oid(SPC_PE_IMAGE_DATA), pe_image_data),
         # The digest must be the last bytes: EDK2 compares the image hash at the very end.
-        der_sequence(algorithm_identifier(DIGEST_OIDS[algorithm]), der_octet_string(digest)),
+        der.sequence(algorithm_identifier(DIGEST_OIDS[algorithm]), der.octet_string(digest)),
     )
 
 
 def _attribute(oid: str, value: bytes) -> bytes:
-    return der_sequence(der_oid(oid), der_set([value]))
+    return der.sequence(der.oid(oid), der.set_of([value]))
 
 
 def build_signed_data(
@@ -309,35 +229,35 @@ def build_signed_data(
         raise FormatError(f"not a {algorithm} digest: {len(digest)} bytes")
     signer = certificates[0]
     indirect = spc_indirect_data_content(digest, algorithm)
-    content = Der.parse(indirect).content
-    attributes = der_set(
+    content = der.Element.parse(indirect).content
+    attributes = der.set_of(
         [
-            _attribute(ATTRIBUTE_CONTENT_TYPE, der_oid(SPC_INDIRECT_DATA)),
+            _attribute(ATTRIBUTE_CONTENT_TYPE, der.oid(SPC_INDIRECT_DATA)),
             # Authenticode hashes the SpcIndirectDataContent without its tag and length.
-            _attribute(ATTRIBUTE_MESSAGE_DIGEST, der_octet_string(_hash(algorithm, content))),
-            _attribute(SPC_SP_OPUS_INFO, der_sequence()),
+            _attribute(ATTRIBUTE_MESSAGE_DIGEST, der.octet_string(_hash(algorithm, content))),
+            _attribute(SPC_SP_OPUS_INFO, der.sequence()),
         ]
     )
     # The signature covers the attributes encoded as a SET, not under their [0] tag.
     signature = key.sign(attributes, padding.PKCS1v15(), _HASHES[algorithm]())
-    signer_info = der_sequence(
-        der_integer(1),
-        der_sequence(signer.issuer.public_bytes(), der_integer(signer.serial_number)),
+    signer_info = der.sequence(
+        der.integer(1),
+        der.sequence(signer.issuer.public_bytes(), der.integer(signer.serial_number)),
         algorithm_identifier(DIGEST_OIDS[algorithm]),
-        der_implicit(0, attributes),
+        der.implicit(0, attributes),
         algorithm_identifier(RSA_ENCRYPTION),
-        der_octet_string(signature),
+        der.octet_string(signature),
     )
-    signed_data = der_sequence(
-        der_integer(1),
-        der_set([algorithm_identifier(DIGEST_OIDS[algorithm])]),
-        der_sequence(der_oid(SPC_INDIRECT_DATA), der_explicit(0, indirect)),
-        der_implicit(
-            0, der_set(cert.public_bytes(serialization.Encoding.DER) for cert in certificates)
+    signed_data = der.sequence(
+        der.integer(1),
+        der.set_of([algorithm_identifier(DIGEST_OIDS[algorithm])]),
+        der.sequence(der.oid(SPC_INDIRECT_DATA), der.explicit(0, indirect)),
+        der.implicit(
+            0, der.set_of(cert.public_bytes(serialization.Encoding.DER) for cert in certificates)
         ),
-        der_set([signer_info]),
+        der.set_of([signer_info]),
     )
-    encoded = der_sequence(der_oid(PKCS7_SIGNED_DATA), der_explicit(0, signed_data))
+    encoded = der.sequence(der.oid(PKCS7_SIGNED_DATA), der.explicit(0, signed_data))
     # EDK2 finds the digest algorithm at a fixed offset that assumes two-byte lengths.
     if encoded[1] != 0x82:
         raise FormatError(
@@ -353,105 +273,7 @@ def _hash(algorithm: str, data: bytes) -> bytes:
     return digest.digest()
 
 
-# --- DER reading ----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Der:
-    """One DER element: its identifier octet and its whole encoding."""
-
-    tag: int
-    raw: bytes
-    header_length: int
-
-    @property
-    def content(self) -> bytes:
-        return self.raw[self.header_length :]
-
-    @property
-    def constructed(self) -> bool:
-        return bool(self.tag & CONSTRUCTED)
-
-    @staticmethod
-    def read(data: bytes, offset: int, end: int) -> Der:
-        if offset + 2 > end:
-            raise FormatError("truncated DER: an element ends early")
-        tag = data[offset]
-        if tag & 0x1F == 0x1F:
-            raise FormatError("DER element with a high tag number (not used by Authenticode)")
-        first = data[offset + 1]
-        if first < 0x80:
-            length, header = first, 2
-        elif first == 0x80:
-            raise FormatError("BER indefinite length where DER is required")
-        else:
-            count = first & 0x7F
-            if count > 4:
-                raise FormatError("DER length of more than 4 bytes")
-            if offset + 2 + count > end:
-                raise FormatError("truncated DER: a length ends early")
-            length = int.from_bytes(data[offset + 2 : offset + 2 + count], "big")
-            header = 2 + count
-        if offset + header + length > end:
-            raise FormatError("truncated DER: an element is longer than what holds it")
-        return Der(tag, data[offset : offset + header + length], header)
-
-    @classmethod
-    def parse(cls, data: bytes) -> Der:
-        """One element filling `data` (zero padding after it is allowed)."""
-        element = cls.read(data, 0, len(data))
-        if any(data[len(element.raw) :]):
-            raise FormatError("junk after the DER element")
-        return element
-
-    def children(self) -> list[Der]:
-        if not self.constructed:
-            raise FormatError(f"DER element 0x{self.tag:02x} is primitive, expected constructed")
-        items = []
-        raw = self.raw
-        offset = self.header_length
-        while offset < len(raw):
-            item = Der.read(raw, offset, len(raw))
-            items.append(item)
-            offset += len(item.raw)
-        return items
-
-    def expect(self, tag: int, what: str) -> Der:
-        if self.tag != tag:
-            raise FormatError(f"{what}: DER tag 0x{self.tag:02x} where 0x{tag:02x} belongs")
-        return self
-
-    def fields(self, what: str, minimum: int, tag: int = TAG_SEQUENCE) -> list[Der]:
-        items = self.expect(tag, what).children()
-        if len(items) < minimum:
-            raise FormatError(f"{what}: {len(items)} fields, expected at least {minimum}")
-        return items
-
-    def oid(self, what: str) -> str:
-        content = self.expect(TAG_OID, what).content
-        if not content or content[-1] & 0x80:
-            raise FormatError(f"{what}: malformed object identifier")
-        arcs: list[int] = []
-        value = 0
-        for byte in content:
-            value = (value << 7) | (byte & 0x7F)
-            if not byte & 0x80:
-                arcs.append(value)
-                value = 0
-        first = min(arcs[0] // 40, 2)
-        return ".".join(str(arc) for arc in [first, arcs[0] - 40 * first, *arcs[1:]])
-
-    def integer(self, what: str) -> int:
-        content = self.expect(TAG_INTEGER, what).content
-        if not content:
-            raise FormatError(f"{what}: empty INTEGER")
-        return int.from_bytes(content, "big", signed=True)
-
-    def octets(self, what: str) -> bytes:
-        return self.expect(TAG_OCTET_STRING, what).content
-
-
-def _algorithm(node: Der, what: str) -> str:
+def _algorithm(node: der.Element, what: str) -> str:
     return node.fields(what, 1)[0].oid(what)
 
 
@@ -498,18 +320,20 @@ class AuthenticodeSignature:
 def parse_signature(data: bytes) -> AuthenticodeSignature:
     """Read a DER ContentInfo holding an Authenticode SignedData. FormatError for anything else."""
     what = "Authenticode signature"
-    content_info = Der.parse(data).fields(what, 2)
+    content_info = der.Element.parse(data).fields(what, 2)
     if content_info[0].oid(what) != PKCS7_SIGNED_DATA:
         raise FormatError(f"{what}: not a PKCS#7 SignedData")
-    wrapper = content_info[1].fields(f"{what} content", 1, tag=CONTEXT | CONSTRUCTED)
+    wrapper = content_info[1].fields(f"{what} content", 1, tag=der.CONTEXT | der.CONSTRUCTED)
     items = wrapper[0].fields("SignedData", 4)
     items[0].integer("SignedData version")
-    items[1].expect(TAG_SET, "SignedData digestAlgorithms")
+    items[1].expect(der.TAG_SET, "SignedData digestAlgorithms")
 
     encapsulated = items[2].fields("SignedData contentInfo", 2)
     if encapsulated[0].oid("contentInfo type") != SPC_INDIRECT_DATA:
         raise FormatError(f"{what}: the signed content is not SpcIndirectDataContent")
-    indirect = encapsulated[1].fields("contentInfo content", 1, tag=CONTEXT | CONSTRUCTED)[0]
+    indirect = encapsulated[1].fields("contentInfo content", 1, tag=der.CONTEXT | der.CONSTRUCTED)[
+        0
+    ]
     indirect_fields = indirect.fields("SpcIndirectDataContent", 2)
     indirect_fields[0].fields("SpcIndirectDataContent data", 1)
     digest_info = indirect_fields[1].fields("SpcIndirectDataContent messageDigest", 2)
@@ -517,22 +341,22 @@ def parse_signature(data: bytes) -> AuthenticodeSignature:
     embedded_digest = digest_info[1].octets("image digest")
 
     rest = items[3:]
-    raw_certificates: list[Der] = []
-    if rest and rest[0].tag == CONTEXT | CONSTRUCTED:
+    raw_certificates: list[der.Element] = []
+    if rest and rest[0].tag == der.CONTEXT | der.CONSTRUCTED:
         raw_certificates = rest[0].children()
         if len(raw_certificates) > MAX_CERTIFICATES:
             raise FormatError(f"{what}: {len(raw_certificates)} certificates")
         rest = rest[1:]
-    if rest and rest[0].tag == CONTEXT | CONSTRUCTED | 1:  # CRLs: not used for UEFI
+    if rest and rest[0].tag == der.CONTEXT | der.CONSTRUCTED | 1:  # CRLs: not used for UEFI
         rest = rest[1:]
     if not rest:
         raise FormatError(f"{what}: no signerInfos")
-    signer_infos = rest[0].fields("signerInfos", 1, tag=TAG_SET)
+    signer_infos = rest[0].fields("signerInfos", 1, tag=der.TAG_SET)
     info = signer_infos[0].fields("SignerInfo", 5)
     if info[0].integer("SignerInfo version") != 1:
         raise FormatError(f"{what}: only SignerInfo version 1 (issuer and serial) is supported")
     issuer, serial = info[1].fields("issuerAndSerialNumber", 2)[:2]
-    issuer.expect(TAG_SEQUENCE, "signer's issuer")
+    issuer.expect(der.TAG_SEQUENCE, "signer's issuer")
     serial.integer("signer's serial number")
     signer_digest = _digest_name(_algorithm(info[2], "SignerInfo digestAlgorithm"))
 
@@ -540,9 +364,9 @@ def parse_signature(data: bytes) -> AuthenticodeSignature:
     signed_attributes = None
     content_type = None
     message_digest = None
-    if info[index].tag == CONTEXT | CONSTRUCTED:
+    if info[index].tag == der.CONTEXT | der.CONSTRUCTED:
         # Signed as a SET: the [0] IMPLICIT tag swapped back for the universal one.
-        signed_attributes = bytes([TAG_SET]) + info[index].raw[1:]
+        signed_attributes = bytes([der.TAG_SET]) + info[index].raw[1:]
         content_type, message_digest = _read_attributes(info[index])
         index += 1
     if len(info) < index + 2:
@@ -570,29 +394,29 @@ def parse_signature(data: bytes) -> AuthenticodeSignature:
     )
 
 
-def _issuer_and_serial(certificate: Der) -> tuple[bytes, bytes]:
+def _issuer_and_serial(certificate: der.Element) -> tuple[bytes, bytes]:
     """A certificate's issuer and serial as encoded, to match a SignerInfo byte for byte."""
     tbs = certificate.fields("embedded certificate", 1)[0].fields("tbsCertificate", 4)
-    if tbs[0].tag == CONTEXT | CONSTRUCTED:  # [0] version
+    if tbs[0].tag == der.CONTEXT | der.CONSTRUCTED:  # [0] version
         tbs = tbs[1:]
-    return tbs[2].expect(TAG_SEQUENCE, "certificate issuer").raw, tbs[0].raw
+    return tbs[2].expect(der.TAG_SEQUENCE, "certificate issuer").raw, tbs[0].raw
 
 
-def _certificate(raw: Der) -> x509.Certificate:
-    raw.expect(TAG_SEQUENCE, "embedded certificate")
+def _certificate(raw: der.Element) -> x509.Certificate:
+    raw.expect(der.TAG_SEQUENCE, "embedded certificate")
     try:
         return x509.load_der_x509_certificate(raw.raw)
     except ValueError as error:
         raise FormatError(f"embedded certificate does not parse: {error}") from None
 
 
-def _read_attributes(node: Der) -> tuple[str | None, bytes | None]:
+def _read_attributes(node: der.Element) -> tuple[str | None, bytes | None]:
     content_type = None
     message_digest = None
     for attribute in node.children():
         fields = attribute.fields("signed attribute", 2)
         oid = fields[0].oid("signed attribute type")
-        values = fields[1].fields("signed attribute values", 1, tag=TAG_SET)
+        values = fields[1].fields("signed attribute values", 1, tag=der.TAG_SET)
         if oid == ATTRIBUTE_CONTENT_TYPE:
             content_type = values[0].oid("contentType")
         elif oid == ATTRIBUTE_MESSAGE_DIGEST:

@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 
 from hlimage import sign
 from hlimage.errors import FormatError, HlimageError
-from hlimage.formats import authenticode, pe
+from hlimage.formats import authenticode, der, pe
 from hlimage.streams import CHUNK, BytesPayload
 from tests.conftest import require
 from tests.support import payloads
@@ -174,9 +174,7 @@ def test_digest_equals_what_sbsign_embeds(unsigned: Path, plain_key: Path, tmp_p
     # The content sbsign signs is byte for byte the one we build.
     assert (
         embedded.indirect_data
-        == authenticode.Der.parse(
-            authenticode.spc_indirect_data_content(embedded.image_digest)
-        ).content
+        == der.Element.parse(authenticode.spc_indirect_data_content(embedded.image_digest)).content
     )
 
 
@@ -395,13 +393,13 @@ def test_a_chain_is_embedded_and_verified(tmp_path: Path, ca_flag: bool) -> None
 
 def test_signature_layout_is_what_firmware_expects() -> None:
     digest = bytes(range(32))
-    der = authenticode.build_signed_data(
+    signed_data = authenticode.build_signed_data(
         digest, snakeoil_key(), [x509.load_pem_x509_certificate(snakeoil()[1])]
     )
     # EDK2 reads the digest algorithm at offset 32, which holds only with two-byte lengths.
-    assert der[1] == 0x82
-    assert der[32 : 32 + 9] == authenticode.der_oid(authenticode.DIGEST_OIDS["sha256"])[2:]
-    signature = authenticode.parse_signature(der)
+    assert signed_data[1] == 0x82
+    assert signed_data[32 : 32 + 9] == der.oid(authenticode.DIGEST_OIDS["sha256"])[2:]
+    signature = authenticode.parse_signature(signed_data)
     assert signature.image_digest == digest
     assert signature.signer_subject == "O=SnakeOil,L=Fort Collins,ST=Colorado,C=US"
     assert signature.content_type == authenticode.SPC_INDIRECT_DATA
@@ -409,24 +407,24 @@ def test_signature_layout_is_what_firmware_expects() -> None:
     assert authenticode.signature_problem(signature, signature.signer) is None
     # EDK2 compares the image hash with the last bytes of the SpcIndirectDataContent.
     assert signature.indirect_data.endswith(digest)
-    entry = authenticode.win_certificate(der)
+    entry = authenticode.win_certificate(signed_data)
     length, revision, kind = struct.unpack_from("<IHH", entry)
-    assert (length, revision, kind) == (len(der) + 8, 0x0200, 0x0002)
+    assert (length, revision, kind) == (len(signed_data) + 8, 0x0200, 0x0002)
     assert len(entry) % 8 == 0 and entry[length:] == b"\0" * (len(entry) - length)
 
 
 def test_a_forged_attribute_is_caught() -> None:
-    der = bytearray(
+    signed_data = bytearray(
         authenticode.build_signed_data(
             bytes(32), snakeoil_key(), [x509.load_pem_x509_certificate(snakeoil()[1])]
         )
     )
-    signature = authenticode.parse_signature(bytes(der))
+    signature = authenticode.parse_signature(bytes(signed_data))
     assert signature.message_digest is not None
     # A different image digest in the content: the messageDigest attribute no longer matches.
-    at = bytes(der).rindex(bytes(32))
-    der[at] = 1
-    forged = authenticode.parse_signature(bytes(der))
+    at = bytes(signed_data).rindex(bytes(32))
+    signed_data[at] = 1
+    forged = authenticode.parse_signature(bytes(signed_data))
     assert forged.signer is not None
     problem = authenticode.signature_problem(forged, forged.signer)
     assert problem is not None and "messageDigest" in problem
@@ -445,15 +443,15 @@ def test_a_forged_attribute_is_caught() -> None:
     ],
 )
 def test_der_integer(value: int, encoding: str) -> None:
-    assert authenticode.der_integer(value).hex() == encoding
-    assert authenticode.Der.parse(bytes.fromhex(encoding)).integer("x") == value
+    assert der.integer(value).hex() == encoding
+    assert der.Element.parse(bytes.fromhex(encoding)).integer("x") == value
 
 
 @pytest.mark.parametrize(
     ("length", "encoding"), [(0, "00"), (127, "7f"), (128, "8180"), (255, "81ff"), (256, "820100")]
 )
 def test_der_length(length: int, encoding: str) -> None:
-    assert authenticode.der_length(length).hex() == encoding
+    assert der.length(length).hex() == encoding
 
 
 @FUZZ
@@ -465,12 +463,12 @@ def test_der_length(length: int, encoding: str) -> None:
 )
 def test_der_round_trips(first: int, second: int, rest: list[int], value: int) -> None:
     dotted = ".".join(map(str, [first, second, *rest]))
-    encoded = authenticode.der_oid(dotted)
-    assert authenticode.Der.parse(encoded).oid("x") == dotted
+    encoded = der.oid(dotted)
+    assert der.Element.parse(encoded).oid("x") == dotted
     # cryptography (the oracle) takes OIDs of at most 63 content bytes (its asn1 crate's limit).
     if len(encoded) - 2 <= 63:
         assert x509.ObjectIdentifier(dotted).dotted_string == dotted
-    assert authenticode.Der.parse(authenticode.der_integer(value)).integer("x") == value
+    assert der.Element.parse(der.integer(value)).integer("x") == value
 
 
 def test_digest_is_streamed(tmp_path: Path) -> None:
@@ -532,7 +530,7 @@ def test_junk_bytes_give_format_errors(data: bytes) -> None:
 
 
 def _tlv(tag: int, content: bytes) -> bytes:
-    return authenticode.der_tlv(tag, content)
+    return der.tlv(tag, content)
 
 
 _DER_TREES = st.recursive(
@@ -557,23 +555,25 @@ def test_well_formed_junk_gives_format_errors(data: bytes) -> None:
 @FUZZ
 @given(st.data())
 def test_mutated_signatures_give_format_errors(data: st.DataObject) -> None:
-    der = bytearray(sample_signature())
+    signed_data = bytearray(sample_signature())
     for _ in range(data.draw(st.integers(1, 4))):
         kind = data.draw(st.sampled_from(["flip", "set", "insert", "delete", "truncate"]))
-        at = data.draw(st.integers(0, len(der) - 1))
+        at = data.draw(st.integers(0, len(signed_data) - 1))
         if kind == "flip":
-            der[at] ^= 1 << data.draw(st.integers(0, 7))
+            signed_data[at] ^= 1 << data.draw(st.integers(0, 7))
         elif kind == "set":
-            der[at] = data.draw(st.sampled_from([0x00, 0x80, 0x81, 0x82, 0x84, 0x85, 0xFF, 0x30]))
+            signed_data[at] = data.draw(
+                st.sampled_from([0x00, 0x80, 0x81, 0x82, 0x84, 0x85, 0xFF, 0x30])
+            )
         elif kind == "insert":
-            der[at:at] = data.draw(st.binary(min_size=1, max_size=8))
+            signed_data[at:at] = data.draw(st.binary(min_size=1, max_size=8))
         elif kind == "delete":
-            del der[at : at + data.draw(st.integers(1, 16))]
+            del signed_data[at : at + data.draw(st.integers(1, 16))]
         else:
-            del der[at:]
-        if not der:
+            del signed_data[at:]
+        if not signed_data:
             break
-    read_or_format_error(bytes(der))
+    read_or_format_error(bytes(signed_data))
 
 
 @pytest.fixture(scope="module")
