@@ -14,7 +14,7 @@ from hlimage.errors import HlimageError
 from hlimage.messages import warn
 from hlimage.model import Arch, System
 from hlimage.outputs import registry
-from hlimage.outputs.grub_directory import config_text, write_files
+from hlimage.outputs.grub_directory import config_text, plan, write_files
 from hlimage.report import BuildReport
 from hlimage.source_date import source_date_epoch
 from hlimage.streams import copy_range
@@ -110,10 +110,6 @@ def build(
         with atomic_file(output) as out, image.open("rb") as built:
             copy_range(built, 0, image.stat().st_size, out)
     return report
-
-
-def plan(system: System) -> None:
-    grub_entry.stanza(system)
 
 
 def _build(system: System, output: Path, options: registry.BuildOptions) -> BuildReport:
