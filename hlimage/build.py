@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -13,7 +14,7 @@ from hlimage.outputs.registry import BuildOptions
 from hlimage.report import BuildReport
 
 if TYPE_CHECKING:
-    from hlimage.trust import SigningKey
+    from hlimage.secureboot.trust import SigningKey
 
 
 def build(
@@ -25,7 +26,7 @@ def build(
     signing: SigningKey | None = None,
     manifest: bool = True,
 ) -> BuildReport:
-    options = options or BuildOptions()
+    options = dataclasses.replace(options or BuildOptions(), digests=manifest)
     chosen = registry.get(output_format)
     registry.refuse_options(chosen, options)
     if output.name in ("", ".", ".."):
@@ -36,7 +37,7 @@ def build(
         report = chosen.build(system, output, options)
     else:
         # Signing wraps the format's own build.
-        from hlimage import trust
+        from hlimage.secureboot import trust
 
         def plain(system_: System, target: Path) -> BuildReport:
             return chosen.build(system_, target, options)

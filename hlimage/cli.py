@@ -15,7 +15,7 @@ import click
 
 from hlimage import __version__
 
-# Kept here, not imported from hlimage.trust, so that `hlimage --version` stays fast.
+# Kept here, not imported from hlimage.secureboot.trust, so that `hlimage --version` stays fast.
 PASSWORD_ENV = "HLIMAGE_KEY_PASSWORD"
 
 
@@ -79,7 +79,7 @@ def cli(quiet: bool) -> None:
       _HLIMAGE_COMPLETE     shell completion: eval "$(_HLIMAGE_COMPLETE=bash_source hlimage)"
                             (zsh_source, fish_source for zsh and fish)
     """
-    from hlimage import messages
+    from hlimage.plumbing import messages
 
     messages.quiet = quiet
 
@@ -154,8 +154,8 @@ def build(
     from hlimage import build as build_module
     from hlimage.config import parse_size
     from hlimage.errors import HlimageError
-    from hlimage.messages import note
     from hlimage.outputs.registry import BuildOptions
+    from hlimage.plumbing.messages import note
 
     size_bytes = None
     if size is not None:
@@ -185,9 +185,9 @@ def _signing_key(key: Path | None, cert: Path | None, password_file: Path | None
         raise HlimageError(
             f"{missing}: needed with {given}; signing takes a key and its certificate"
         )
-    # Imported only now: hlimage.trust brings in cryptography, 60 ms that a build without a key
-    # and without the manifest (--no-manifest) need not pay.
-    from hlimage.trust import load_signing_key
+    # Imported only now: secureboot.trust brings in cryptography, 60 ms that a build without a
+    # key and without the manifest (--no-manifest) need not pay.
+    from hlimage.secureboot.trust import load_signing_key
 
     return load_signing_key(key, cert, password_file)
 
@@ -229,8 +229,8 @@ def sign_command(
     key_password_file: Path | None,
 ) -> None:
     """Sign the PE image IMAGE for UEFI Secure Boot (Authenticode, sha256)."""
-    from hlimage import trust
-    from hlimage.messages import note
+    from hlimage.plumbing.messages import note
+    from hlimage.secureboot import trust
 
     signing = trust.load_signing_key(key, cert, key_password_file)
     result = trust.sign_file(image, output, signing, replace_signature=replace_signature)
@@ -267,9 +267,9 @@ def lcm(config: Path, output: Path, dts: bool) -> None:
     x86: the hyperlaunch LCM (multiboot2 module 0). arm64: the host device tree with a
     `xen,domain` node per dom0less domain.
     """
-    from hlimage.atomic import atomic_file
     from hlimage.build import lcm as make_lcm
     from hlimage.formats import fdt
+    from hlimage.plumbing.atomic import atomic_file
 
     blob = make_lcm(_load(config))
     data = fdt.parse(blob).to_dts().encode() if dts else blob
@@ -372,8 +372,8 @@ def grub_config(
     prelude: str,
 ) -> None:
     """Print the GRUB menu entry that boots CONFIG (multiboot2 on x86, xen_hypervisor on arm64)."""
-    from hlimage.atomic import atomic_file
     from hlimage.errors import HlimageError
+    from hlimage.plumbing.atomic import atomic_file
     from hlimage.xen import grub_entry
 
     if write_lcm and (lcm is None or not in_place):
@@ -406,8 +406,8 @@ def init_command(template: str | None, directory: Path, force: bool) -> None:
     (DIRECTORY defaults to the current one) and say what to edit. Without TEMPLATE, list the
     templates."""
     from hlimage import scaffold
-    from hlimage.messages import note
     from hlimage.outputs import registry
+    from hlimage.plumbing.messages import note
 
     if template is None:
         for known in scaffold.templates():

@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
 from hlimage.errors import FormatError
 from hlimage.formats import align_up, der, pe
-from hlimage.streams import CHUNK
+from hlimage.formats.payload import CHUNK
 
 SPC_INDIRECT_DATA = "1.3.6.1.4.1.311.2.1.4"
 SPC_PE_IMAGE_DATA = "1.3.6.1.4.1.311.2.1.15"

@@ -28,7 +28,7 @@ import construct as c
 
 from hlimage.errors import FormatError, HlimageError
 from hlimage.formats import align_up
-from hlimage.streams import CHUNK, Payload, Region, copy_stream
+from hlimage.formats.payload import CHUNK, Chunk, Payload, copy_to
 
 SECTOR = 512
 MIB = 1 << 20
@@ -547,6 +547,11 @@ class Plan:
     def used_clusters(self) -> int:
         return sum(node.clusters for node in (*self.directories, *self.files))
 
+    @property
+    def payloads(self) -> tuple[tuple[str, Payload], ...]:
+        """(path, payload) of every file, in the order they are written."""
+        return tuple((node.path, node.payload) for node in self.files if node.payload is not None)
+
 
 def _check_label(label: str) -> bytes | None:
     if not label:
@@ -713,7 +718,6 @@ def _allocate(layout: Geometry, needs: _Needs) -> None:
 class WrittenFile:
     path: str
     size: int
-    sha256: str
     first_cluster: int
 
 
@@ -729,8 +733,11 @@ class _Checked(Payload):
         return self.size
 
     def chunks(self) -> Iterator[bytes]:
+        return iter(bytes(view) for view in self.views())
+
+    def views(self) -> Iterator[Chunk]:
         done = 0
-        for chunk in self.payload.chunks():
+        for chunk in self.payload.views():
             done += len(chunk)
             if done > self.size:
                 raise HlimageError(
@@ -900,7 +907,7 @@ def _write_padded(out: BinaryIO, data: bytes, length: int) -> None:
 def write(
     out: BinaryIO, offset: int, volume: Plan, *, timestamp: int = 0, volume_id: int = 0
 ) -> tuple[WrittenFile, ...]:
-    """Write the planned volume at `offset` in `out`; return each file's size and sha256.
+    """Write the planned volume at `offset` in `out`; return where each file went.
 
     Everything but free clusters is written, front to back: free space keeps what `out` had
     there, which is zeros in a new (or sparse) file. `timestamp` (unix time, UTC) dates every
@@ -945,20 +952,34 @@ def write(
         assert node.payload is not None
         if node.clusters:
             out.seek(offset + layout.cluster_offset(node.first_cluster))
-        payload = node.payload
-        if not (isinstance(payload, Region) and payload.length == node.size):
-            # A file region is copied to its length exactly (its fast path, reusing buffers);
-            # anything else is held to the size its directory entry announced.
-            payload = _Checked(payload, node.size)
-        result = copy_stream(payload, out)
-        _write_padded(out, b"", node.clusters * layout.cluster_size - result.size)
-        written.append(WrittenFile(node.path, result.size, result.sha256, node.first_cluster))
+        # Held to the size its directory entry announced: a longer one would overwrite the
+        # next file.
+        size = copy_to(_Checked(node.payload, node.size), out)
+        _write_padded(out, b"", node.clusters * layout.cluster_size - size)
+        written.append(WrittenFile(node.path, size, node.first_cluster))
 
     end = offset + layout.size
     if out.seek(0, 2) < end:
         out.seek(end - 1)
         out.write(b"\0")
     return tuple(written)
+
+
+def set_volume_id(out: BinaryIO, offset: int, volume: Plan, volume_id: int) -> None:
+    """Put the volume id into the boot sector of the volume written at `offset` (and FAT32's
+    backup copy, which must match): for an id derived from what was written."""
+    structure = BootSector32 if volume.fat_type == 32 else BootSector16
+    sectors = (0, FAT32_BACKUP_BOOT_SECTOR) if volume.fat_type == 32 else (0,)
+    for sector in sectors:
+        position = offset + sector * SECTOR
+        out.seek(position)
+        boot = structure.parse(out.read(SECTOR))
+        if volume.fat_type == 32:
+            boot.fat32.volume_id = volume_id & 0xFFFFFFFF
+        else:
+            boot.volume_id = volume_id & 0xFFFFFFFF
+        out.seek(position)
+        out.write(structure.build(boot))
 
 
 # Reading -------------------------------------------------------------------------------------

@@ -10,13 +10,12 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-from hlimage.atomic import atomic_directory
 from hlimage.errors import HlimageError
-from hlimage.messages import note
 from hlimage.model import Arch, System
 from hlimage.outputs import grub_standalone, registry, unified
+from hlimage.plumbing.atomic import atomic_directory
+from hlimage.plumbing.messages import note
 from hlimage.report import Artifact, BuildReport
-from hlimage.streams import file_sha256
 from hlimage.xen import binding, grub_entry, policy
 from hlimage.xen.probe import probe_efi
 
@@ -74,22 +73,31 @@ def plan(system: System) -> None:
     grub_entry.stanza(system)
 
 
-def build(system: System, output: Path, *, grub_lib: Path | None = None) -> BuildReport:
+def build(
+    system: System, output: Path, *, grub_lib: Path | None = None, digests: bool = True
+) -> BuildReport:
     boot_file = boot_file_name(system.arch)
     report = BuildReport("pxe", output)
     with atomic_directory(output) as temporary:
         if _through_unified(system):
-            inner = unified.build(system, temporary / boot_file)
+            inner = unified.build(system, temporary / boot_file, digests=digests)
             how = "a unified xen.efi"
         else:
             _check_grub_route(system)
-            inner = grub_standalone.build(system, temporary / boot_file, lib=grub_lib)
+            inner = grub_standalone.build(
+                system, temporary / boot_file, lib=grub_lib, digests=digests
+            )
             how = "GRUB with Xen and every module in its memdisk"
             note(f"{boot_file}: {how} (xen.efi over the network needs Xen 4.22)")
         (temporary / "README.txt").write_text(readme(system, boot_file, how))
         boot = temporary / boot_file
+        # Its digests were computed as it was written.
+        written = inner.pe_images.get(boot_file)
+        report.pe_images = dict(inner.pe_images)
         report.artifacts = [
-            Artifact(boot_file, "boot", boot.stat().st_size, file_sha256(boot), how),
+            Artifact(
+                boot_file, "boot", boot.stat().st_size, written.sha256 if written else None, how
+            ),
             # What the boot file carries, named as inside it.
             *(replace(item, name=f"{boot_file}:{item.name}") for item in inner.artifacts),
         ]
@@ -97,7 +105,7 @@ def build(system: System, output: Path, *, grub_lib: Path | None = None) -> Buil
 
 
 def _build(system: System, output: Path, options: registry.BuildOptions) -> BuildReport:
-    return build(system, output, grub_lib=options.grub_lib)
+    return build(system, output, grub_lib=options.grub_lib, digests=options.digests)
 
 
 registry.register(

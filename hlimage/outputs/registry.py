@@ -31,6 +31,9 @@ class BuildOptions:
     size: int | None = None
     prefix: str | None = None
     grub_lib: Path | None = None
+    digests: bool = True
+    """Whether the build computes the digests the manifest prints (not under --no-manifest):
+    not an option a user gives, so not in OPTIONS."""
 
     def given(self) -> list[str]:
         return [name for name, option in OPTIONS.items() if getattr(self, name) != option.unset]

@@ -39,7 +39,7 @@ def fake_arm64_image() -> bytes:
 @pytest.fixture(scope="session")
 def outputs(cache: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """One of each output inspect reads."""
-    from hlimage.trust import SigningKey, sign_file
+    from hlimage.secureboot.trust import SigningKey, sign_file
 
     root = tmp_path_factory.mktemp("fuzz-outputs")
     (root / "bzImage").write_bytes(fake_bzimage())

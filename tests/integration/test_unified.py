@@ -18,7 +18,7 @@ import pefile
 import pytest
 
 from hlimage.formats import compression, cpio, pe
-from hlimage.streams import file_sha256
+from hlimage.plumbing.streams import file_sha256
 from tests.conftest import require, run_cli, write_description
 from tests.support import payloads
 
