@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from hlimage.errors import FormatError
-from hlimage.formats import authenticode, pe
+from hlimage.formats import pe
 from hlimage.formats.payload import BytesPayload, Payload, Region
 from hlimage.model import Arch, System
 from hlimage.outputs import registry
@@ -103,6 +103,8 @@ def pe_signers(payload: Payload) -> tuple[str, ...]:
 def authenticode_ranges(payload: Payload) -> tuple[tuple[int, int], ...] | None:
     """What the Authenticode hash of a PE file covers, read from its headers; None for a
     payload that is not a whole PE file."""
+    from hlimage.formats import authenticode  # cryptography: only for builds that digest
+
     plain = payload.plain()
     if not isinstance(plain, Region) or plain.offset:
         return None

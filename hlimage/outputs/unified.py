@@ -13,7 +13,7 @@ from typing import BinaryIO
 import pefile
 
 from hlimage.errors import FormatError, HlimageError
-from hlimage.formats import authenticode, pe
+from hlimage.formats import pe
 from hlimage.model import System
 from hlimage.outputs import registry
 from hlimage.planned import PlannedFile
@@ -111,6 +111,10 @@ def _write_image(
         out = streams.Watched(raw, whole=digests)
 
         def before_data(headers: bytes, file_size: int) -> None:
+            # Here, not at the top: authenticode brings in cryptography (0.1 s), which a build
+            # that computes no digests (--no-manifest) need not pay.
+            from hlimage.formats import authenticode
+
             image = pe.parse_headers(headers, file_size)
             out.add_ranged("authenticode_sha256", authenticode.hash_layout(image).all_ranges)
 
