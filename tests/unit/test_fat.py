@@ -339,7 +339,7 @@ BOUNDARY_SECTORS += [16777216, 16777217, 33554432, 33554433, 67108864, 67108865,
 
 
 def check_geometry(total_sectors: int) -> fat.Geometry:
-    candidates = fat._candidates(total_sectors)
+    candidates = fat.candidates(total_sectors)
     assert candidates, total_sectors
     fat_type, per_cluster = candidates[0]
     layout = fat.geometry(total_sectors, fat_type, per_cluster, fat.FAT16_ROOT_ENTRIES)
@@ -376,7 +376,7 @@ def test_fatgen_geometry_is_always_valid(total_sectors: int) -> None:
 
 def test_no_volume_below_fat16s_least_size() -> None:
     # fatgen's table stops short of the exact limit; below the limit FAT16 has too few clusters.
-    assert fat._candidates(8400) == []
+    assert fat.candidates(8400) == []
     assert fat.geometry(8200, 16, 2, 512) is None
     assert fat.geometry(8200, 32, 1) is None
 
