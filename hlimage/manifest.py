@@ -23,7 +23,7 @@ from hlimage.outputs import registry
 from hlimage.plumbing.atomic import TEMP_MARK, atomic_file
 from hlimage.plumbing.streams import file_sha256
 from hlimage.report import BuildReport, PeDigests
-from hlimage.secureboot import trust
+from hlimage.secureboot.signers import signers
 
 SUFFIX = ".manifest.json"
 DEVICE_TREE_ROLES = ("dtb", "lcm")
@@ -36,6 +36,9 @@ def path_for(output: Path) -> Path:
 
 
 def _pe_entry(name: str, path: Path) -> dict[str, Any]:
+    """An entry read back from the image (a signed one, signed after it was built)."""
+    from hlimage.secureboot import trust
+
     with path.open("rb") as stream:
         image = pe.parse(stream)
         sha256, image_digest = trust.file_digests(stream, image)
@@ -60,16 +63,12 @@ def _is_pe_name(name: str) -> bool:
 
 def _known(digests: PeDigests, signers_of: Path | None) -> dict[str, Any]:
     """An entry from the digests the build computed as it wrote the image."""
-    signers = list(digests.signers)
-    if signers_of is not None:
-        signatures = trust.describe(signers_of, digests=False).get("signatures", [])
-        signers = [signature["signer"] for signature in signatures]
     return {
         "path": digests.name,
         "size": digests.size,
         "sha256": digests.sha256,
         "authenticode_sha256": digests.authenticode_sha256,
-        "signers": signers,
+        "signers": list(digests.signers) if signers_of is None else signers(signers_of),
     }
 
 

@@ -91,13 +91,12 @@ def is_pe_name(name: str) -> bool:
 def pe_signers(payload: Payload) -> tuple[str, ...]:
     """Who signed a PE file that is copied whole (a signed xen.efi), read from its
     certificate table."""
-    from hlimage.secureboot import trust
+    from hlimage.secureboot.signers import signers
 
     plain = payload.plain()
     if not isinstance(plain, Region) or plain.offset:
         return ()
-    signatures = trust.describe(plain.path, digests=False).get("signatures", [])
-    return tuple(signature["signer"] for signature in signatures)
+    return tuple(signers(plain.path))
 
 
 def authenticode_ranges(payload: Payload) -> tuple[tuple[int, int], ...] | None:
