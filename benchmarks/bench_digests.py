@@ -18,7 +18,9 @@ and also the chain floor: one SHA-256 is a chain that no second core can shorten
 cannot end before its longest digest (for esp and disk, the ramdisk's own) is done; the
 issue's wall floor assumes the bytes hashed spread over every core, which one digest cannot.
 Targets: wall <= 1.15x the floor, CPU <= 1.2x its floor; `--no-manifest` <= 1.3x cat; peak RSS
-<= 64 MiB. Run:
+<= 64 MiB. cat does not flush its output to disk and hlimage does (durable outputs), so the
+ratios are of builds with fsync made a no-op (benchmarks/without_fsync.py), and what the flush
+adds is printed beside them, against `cat` + `sync`. Run:
 
     .venv/bin/python -m benchmarks.bench_digests [--size-mib 1024] [--runs 3]
 """
@@ -37,7 +39,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from benchmarks.bench_unified import hlimage_command, x86_inputs
+from benchmarks import without_fsync
+from benchmarks.bench_unified import x86_inputs
 
 CHUNK = 1 << 20
 
@@ -113,26 +116,30 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--formats", default="unified,esp,disk")
     args = parser.parse_args()
-    hlimage = hlimage_command()
     cores = len(os.sched_getaffinity(0))
     with tempfile.TemporaryDirectory(prefix="hlimage-bench-", dir=Path.cwd()) as scratch:
         work = Path(scratch)
         xen, kernel, ramdisk, description = x86_inputs(work, args.size_mib)
         inputs = [str(xen), str(kernel), str(ramdisk)]
         cat = measure(["cat", *inputs], work / "cat.out", to_stdout=True, runs=args.runs)
+        synced = measure(without_fsync.cat_and_sync([xen, kernel, ramdisk], work / "cat.out"),
+                         work / "cat.out", runs=args.runs)  # fmt: skip
         per_byte = sha256_seconds_per_byte(ramdisk)
         print(f"payload: {args.size_mib} MiB ramdisk + {kernel.stat().st_size >> 20} MiB kernel; "
               f"{cores} cores")  # fmt: skip
         print(f"cat        wall {cat.wall:6.2f} s  CPU {cat.cpu:6.2f} s  {cat.rss_mib:6.1f} MiB")
+        print(f"cat+sync   wall {synced.wall:6.2f} s  (the flush: {synced.wall - cat.wall:+.2f} s)")
         print(f"sha256     {per_byte * (1 << 30):.2f} s of CPU per GiB")
         ok = True
         for name in args.formats.split(","):
             output = work / {"unified": "u.efi", "esp": "esp", "disk": "disk.img"}[name]
-            build = [hlimage, "-q", "build", str(description), "-f", name, "-o", str(output)]
-            full = measure(build, output, runs=args.runs)
-            subprocess.run(build, check=True, capture_output=True)
+            build = ["-q", "build", str(description), "-f", name, "-o", str(output)]
+            durable = measure([*without_fsync.command(), "--durable", *build], output, runs=1)
+            full = measure([*without_fsync.command(), *build], output, runs=args.runs)
+            subprocess.run([*without_fsync.command(), *build], check=True, capture_output=True)
             total, longest = hashed_bytes(output.with_name(output.name + ".manifest.json"))
-            loose = measure([*build, "--no-manifest"], output, runs=args.runs)
+            loose = measure([*without_fsync.command(), *build, "--no-manifest"], output,
+                            runs=args.runs)  # fmt: skip
             floor = max(cat.wall, total * per_byte / cores)
             chain_floor = max(floor, longest * per_byte)
             cpu_floor = cat.cpu + total * per_byte
@@ -142,6 +149,9 @@ def main() -> None:
                   f"<= 1.15x), {full.wall / chain_floor:.2f}x the chain floor "
                   f"({chain_floor:.2f} s), {full.cpu / cpu_floor:.2f}x the CPU floor "
                   f"({cpu_floor:.2f} s; target <= 1.2x)")  # fmt: skip
+            print(f"{'durable':10} wall {durable.wall:6.2f} s: the flush adds "
+                  f"{durable.wall - full.wall:+.2f} s (cat+sync adds "
+                  f"{synced.wall - cat.wall:+.2f} s to cat)")  # fmt: skip
             print(f"{'--no-manifest':13} wall {loose.wall:6.2f} s  CPU {loose.cpu:6.2f} s  "
                   f"{loose.rss_mib:6.1f} MiB  = {loose.wall / cat.wall:.2f}x cat "
                   "(target <= 1.3x)")  # fmt: skip
