@@ -32,50 +32,19 @@ import hashlib
 import json
 import os
 import resource
-import shutil
 import subprocess
 import tempfile
-import time
-from dataclasses import dataclass
 from pathlib import Path
 
 from benchmarks import without_fsync
-from benchmarks.bench_unified import x86_inputs
+from benchmarks.bench_unified import Run, measure, x86_inputs
 
 CHUNK = 1 << 20
 
 
-@dataclass(frozen=True)
-class Run:
-    wall: float
-    cpu: float
-    rss_mib: float
-
-
-def measure(argv: list[str], output: Path, *, to_stdout: bool = False, runs: int = 3) -> Run:
-    """Best wall and CPU time of `runs` (after a warm-up run), and the largest peak RSS."""
-    wall = cpu = float("inf")
-    rss = 0.0
-    for attempt in range(runs + 1):
-        if output.is_dir():
-            shutil.rmtree(output)
-        output.unlink(missing_ok=True)
-        os.sync()
-        out = output.open("wb") if to_stdout else subprocess.DEVNULL
-        started = time.perf_counter()
-        process = subprocess.Popen(argv, stdout=out, stderr=subprocess.PIPE)
-        _, status, usage = os.wait4(process.pid, 0)
-        elapsed = time.perf_counter() - started
-        if to_stdout:
-            out.close()  # type: ignore[union-attr]
-        errors = process.stderr.read().decode() if process.stderr else ""
-        if os.waitstatus_to_exitcode(status) != 0:
-            raise SystemExit(f"benchmark command failed: {' '.join(argv)}\n{errors}")
-        if attempt:
-            wall = min(wall, elapsed)
-            cpu = min(cpu, usage.ru_utime + usage.ru_stime)
-            rss = max(rss, usage.ru_maxrss / 1024)
-    return Run(wall, cpu, rss)
+def describe(name: str, run: Run) -> str:
+    return (f"{name:13} wall {run.seconds:6.2f} s  CPU {run.cpu_seconds:6.2f} s  "
+            f"{run.max_rss_mib:6.1f} MiB")  # fmt: skip
 
 
 def sha256_seconds_per_byte(path: Path) -> float:
@@ -127,8 +96,9 @@ def main() -> None:
         per_byte = sha256_seconds_per_byte(ramdisk)
         print(f"payload: {args.size_mib} MiB ramdisk + {kernel.stat().st_size >> 20} MiB kernel; "
               f"{cores} cores")  # fmt: skip
-        print(f"cat        wall {cat.wall:6.2f} s  CPU {cat.cpu:6.2f} s  {cat.rss_mib:6.1f} MiB")
-        print(f"cat+sync   wall {synced.wall:6.2f} s  (the flush: {synced.wall - cat.wall:+.2f} s)")
+        print(describe("cat", cat))
+        print(f"cat+sync      wall {synced.seconds:6.2f} s (the flush adds "
+              f"{synced.seconds - cat.seconds:+.2f} s)")  # fmt: skip
         print(f"sha256     {per_byte * (1 << 30):.2f} s of CPU per GiB")
         ok = True
         for name in args.formats.split(","):
@@ -140,23 +110,25 @@ def main() -> None:
             total, longest = hashed_bytes(output.with_name(output.name + ".manifest.json"))
             loose = measure([*without_fsync.command(), *build, "--no-manifest"], output,
                             runs=args.runs)  # fmt: skip
-            floor = max(cat.wall, total * per_byte / cores)
+            floor = max(cat.seconds, total * per_byte / cores)
             chain_floor = max(floor, longest * per_byte)
-            cpu_floor = cat.cpu + total * per_byte
-            print(f"{name:10} wall {full.wall:6.2f} s  CPU {full.cpu:6.2f} s  "
-                  f"{full.rss_mib:6.1f} MiB  hashed {total / (1 << 30):.2f} GiB")  # fmt: skip
-            print(f"{'':10} = {full.wall / floor:.2f}x the wall floor ({floor:.2f} s; target "
-                  f"<= 1.15x), {full.wall / chain_floor:.2f}x the chain floor "
-                  f"({chain_floor:.2f} s), {full.cpu / cpu_floor:.2f}x the CPU floor "
+            cpu_floor = cat.cpu_seconds + total * per_byte
+            print(f"{describe(name, full)}  hashed {total / (1 << 30):.2f} GiB")
+            print(f"{'':13} = {full.seconds / floor:.2f}x the wall floor ({floor:.2f} s; target "
+                  f"<= 1.15x), {full.seconds / chain_floor:.2f}x the chain floor "
+                  f"({chain_floor:.2f} s), {full.cpu_seconds / cpu_floor:.2f}x the CPU floor "
                   f"({cpu_floor:.2f} s; target <= 1.2x)")  # fmt: skip
-            print(f"{'durable':10} wall {durable.wall:6.2f} s: the flush adds "
-                  f"{durable.wall - full.wall:+.2f} s (cat+sync adds "
-                  f"{synced.wall - cat.wall:+.2f} s to cat)")  # fmt: skip
-            print(f"{'--no-manifest':13} wall {loose.wall:6.2f} s  CPU {loose.cpu:6.2f} s  "
-                  f"{loose.rss_mib:6.1f} MiB  = {loose.wall / cat.wall:.2f}x cat "
-                  "(target <= 1.3x)")  # fmt: skip
-            ok = ok and full.wall <= 1.15 * floor and full.cpu <= 1.2 * cpu_floor
-            ok = ok and loose.wall <= 1.3 * cat.wall and max(full.rss_mib, loose.rss_mib) <= 64
+            print(f"{'durable':13} wall {durable.seconds:6.2f} s: the flush adds "
+                  f"{durable.seconds - full.seconds:+.2f} s (cat+sync adds "
+                  f"{synced.seconds - cat.seconds:+.2f} s to cat)")  # fmt: skip
+            print(f"{describe('--no-manifest', loose)}  = {loose.seconds / cat.seconds:.2f}x "
+                  "cat (target <= 1.3x)")  # fmt: skip
+            ok = ok and full.seconds <= 1.15 * floor and full.cpu_seconds <= 1.2 * cpu_floor
+            ok = (
+                ok
+                and loose.seconds <= 1.3 * cat.seconds
+                and max(full.max_rss_mib, loose.max_rss_mib) <= 64
+            )
         print("targets met" if ok else "TARGETS MISSED")
 
 
