@@ -216,7 +216,7 @@ class _Converter:
         self.output = output
         self.output_dir = Path(os.path.abspath(output)).parent
         self.load_override = load_cmd
-        self.warnings: list[str] = []
+        self.warnings: list[tuple[int, str]] = []
 
     # --- reading ----------------------------------------------------------------------------
 
@@ -224,7 +224,7 @@ class _Converter:
         return HlimageError(f"{entry.written}: {problem}; {fix}", where=f"{self.path}:{entry.line}")
 
     def warn(self, entry: Entry, message: str) -> None:
-        self.warnings.append(f"{self.path}:{entry.line}: {entry.written}: {message}")
+        self.warnings.append((entry.line, f"{self.path}:{entry.line}: {entry.written}: {message}"))
 
     def get(self, name: str, index: str = "0") -> Entry | None:
         """A set, non-empty value: ImageBuilder tests every option with `test "$X"`, so an
@@ -400,7 +400,12 @@ class _Converter:
             "Build what uboot-script-gen made with:",
             "  " + shlex.join(command),
         ]
-        return Imported(tomlwriter.document(preamble, tables), command, then, tuple(self.warnings))
+        return Imported(
+            tomlwriter.document(preamble, tables),
+            command,
+            then,
+            tuple(text for _, text in sorted(self.warnings)),
+        )
 
     def ignored_beyond(self, domus: int) -> None:
         """domU options past NUM_DOMUS: ImageBuilder never reads them."""
@@ -679,7 +684,7 @@ class _Converter:
             # uboot-script-gen adds it when the command line has no root= (and no DOM0_ROOTFS,
             # which has no equivalent).
             cmdline += " root=/dev/ram0"
-            source += ", with the root=/dev/ram0 ImageBuilder adds"
+            source += ", and the root=/dev/ram0 ImageBuilder adds"
         table.add("cmdline", cmdline, source)
         if self.get("XEN_CMD") is None:
             memory = self.get("DOM0_MEM")
