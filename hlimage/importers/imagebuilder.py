@@ -562,7 +562,7 @@ class _Converter:
                 + (" (LINUX without Xen has no hlimage equivalent)" if linux else ""),
                 where=self.path,
             )
-        table.add("efi", self.file(xen), "XEN: booti starts it")
+        table.add("efi", self.file(xen), "XEN")
         tree = self.get("DEVICE_TREE")
         if tree is not None:
             table.add("dtb", self.file(tree), "DEVICE_TREE")
