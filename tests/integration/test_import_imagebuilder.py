@@ -4,12 +4,14 @@ ESP that U-Boot's bootefi would start (BOOT_CMD=bootefi) from the Debian payload
 
 from __future__ import annotations
 
+import re
 import shlex
 from pathlib import Path
 
 import pytest
 
 from hlimage import config
+from hlimage.importers import imagebuilder
 from hlimage.model import ALL_CAPABILITIES, Capability, MemoryRange
 from tests.conftest import run_cli
 from tests.support import payloads
@@ -180,3 +182,71 @@ def test_the_command_line(tmp_path: Path) -> None:
 def test_help(args: list[str]) -> None:
     result = run_cli(*args)
     assert result.code == 0 and "imagebuilder" in result.stdout.lower()
+
+
+README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+# Issue 14 item 5: the options the parity table must cover.
+PARITY = [
+    "XEN_CMD",
+    "XEN_POLICY",
+    "XEN_STATIC_HEAP",
+    "XEN_COLORS",
+    "DOM0_MEM",
+    "DOM0_VCPUS",
+    "DOM0_COLORS",
+    "NUM_DOMUS",
+    "DOMU_KERNEL",
+    "DOMU_RAMDISK",
+    "DOMU_CMD",
+    "DOMU_MEM",
+    "DOMU_VCPUS",
+    "DOMU_COLORS",
+    "DOMU_CPUPOOL",
+    "DOMU_ENHANCED",
+    "DOMU_VPL011",
+    "DOMU_NR_SPIS",
+    "DOMU_PASSTHROUGH_DTB",
+    "DOMU_PASSTHROUGH_PATHS",
+    "DOMU_STATIC_MEM",
+    "DOMU_DIRECT_MAP",
+    "DOMU_SHARED_MEM",
+    "DOMU_STATIC_EVTCHNS",
+    "DOMU_CAPS",
+    "DOMU_VCPU_HARD_AFFINITY",
+    "DOMU_GRANT_VER",
+    "DOMU_GRANT_FRAMES",
+    "DOMU_MAPTRACK_FRAMES",
+    "NUM_CPUPOOLS",
+    "CPUPOOL",
+    "DT_OVERLAY",
+    "BITSTREAM",
+    "APPEND_EXTRA_CMDS",
+    "BOOT_AUX_FILE",
+    "LOAD_CMD",
+    "BOOT_CMD",
+    "FIT",
+    "FIT_ENC_KEY_DIR",
+]
+
+
+def parity_rows() -> dict[str, str]:
+    """The parity table's first column's option names, each with its row."""
+    section = README[README.index("Every ImageBuilder option, and what it is in hlimage:") :]
+    table = section[: section.index("\n\n", section.index("| ImageBuilder |"))]
+    rows: dict[str, str] = {}
+    for line in table.splitlines()[3:]:
+        first = line.split(" | ")[0]
+        for name in re.findall(r"`([A-Z][A-Z0-9_]+)", first):
+            rows[name] = line
+    return rows
+
+
+def test_the_parity_table_has_a_row_for_every_option() -> None:
+    rows = parity_rows()
+    missing = [name for name in (*PARITY, *imagebuilder.KNOWN) if name not in rows]
+    assert not missing, f"the README's parity table has no row for {missing}"
+    assert "signed FIT" in rows["FIT_ENC_KEY_DIR"]
+    for name in imagebuilder.NO_EQUIVALENT:
+        assert rows[name].split(" | ")[1] == "none", rows[name]
+    for line in rows.values():
+        assert line.count(" | ") == 2, f"a | inside a cell splits it: {line}"
