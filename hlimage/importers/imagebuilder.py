@@ -376,7 +376,7 @@ class _Converter:
         self.check_missing(domus)
         self.ignored_beyond(domus)
         output = self.outputs()
-        xen, dom0_cmdline = self.xen(domus)
+        xen = self.xen()
         tables: list[Table] = [Table("image"), xen]
         tables[0].add("arch", "arm64", "ImageBuilder boots arm64 Xen from U-Boot")
         uboot = self.window()
@@ -384,7 +384,7 @@ class _Converter:
             tables.append(uboot)
         pools = self.cpupools()
         tables += [pool for pool, _ in pools]
-        domains = self.domains(domus, dom0_cmdline, [name for _, name in pools])
+        domains = self.domains(domus, [name for _, name in pools])
         if not domains:
             raise HlimageError(
                 "neither DOM0_KERNEL nor any domU (NUM_DOMUS) is set, so there is nothing to "
@@ -551,7 +551,7 @@ class _Converter:
             table.add("memory_end", f"0x{last:x}", "MEMORY_END (the first address past it)")
         return table
 
-    def xen(self, domus: int) -> tuple[Table, str]:
+    def xen(self) -> Table:
         table = Table("xen")
         xen = self.get("XEN")
         if xen is None:
@@ -601,7 +601,7 @@ class _Converter:
             table.add("static_heap", self.pairs(heap), "XEN_STATIC_HEAP")
         if colors is not None:
             table.add("colors", self.colors(colors), "XEN_COLORS")
-        return table, cmdline
+        return table
 
     def cpupools(self) -> list[tuple[Table, str]]:
         count_entry = self.get("NUM_CPUPOOLS")
@@ -636,10 +636,15 @@ class _Converter:
             pools.append((table, name))
         return pools
 
-    def domains(self, domus: int, xen_cmdline: str, pools: list[str]) -> list[Table]:
+    def domains(self, domus: int, pools: list[str]) -> list[Table]:
         tables: list[Table] = []
         dom0 = self.get("DOM0_KERNEL")
-        any_caps = any(self.get("DOMU_CAPS", str(i)) is not None for i in range(domus))
+        # From the elements set, not range(NUM_DOMUS): a huge NUM_DOMUS fails at its first
+        # missing DOMU_KERNEL, not after a long loop.
+        any_caps = any(
+            int(index) < domus and entry.value != ""
+            for index, entry in self.variables.elements.get("DOMU_CAPS", {}).items()
+        )
         if dom0 is not None:
             tables.append(self.dom0(dom0, any_caps))
         else:
@@ -903,9 +908,9 @@ class _Converter:
         that names it; both ends must agree."""
         partner: dict[tuple[int, int], tuple[int, int]] = {}
         declared: set[frozenset[tuple[int, int]]] = set()
-        for index in range(domus):
+        for index in sorted(included):
             entry = self.get("DOMU_STATIC_EVTCHNS", str(index))
-            if entry is None or index not in included:
+            if entry is None:
                 continue
             for definition in entry.value.split(";"):
                 words = definition.split()
