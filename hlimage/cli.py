@@ -436,6 +436,61 @@ def init_command(template: str | None, directory: Path, force: bool) -> None:
     click.echo("\n".join(lines))
 
 
+@cli.group("import")
+def import_group() -> None:
+    """Turn another tool's configuration into a description (hlimage.toml) with the same
+    meaning, and print the `hlimage build` command that makes what that tool made."""
+
+
+@import_group.command("imagebuilder")
+@click.argument("config", type=click.Path(path_type=Path))
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="The description to write (hlimage.toml); written whole or not at all.",
+)
+@click.option(
+    "-d",
+    "--directory",
+    type=click.Path(path_type=Path),
+    help="ImageBuilder's -d: the directory the config's paths start from (default: the "
+    "config's own).",
+)
+@click.option(
+    "-t",
+    "--load-cmd",
+    metavar="LOAD_CMD",
+    help="ImageBuilder's -t: replaces the config's LOAD_CMD (tftp, sd, usb, scsi, virtio, or "
+    "fit for a FIT).",
+)
+@click.option("--force", is_flag=True, help="Replace OUTPUT if it exists.")
+def import_imagebuilder(
+    config: Path, output: Path, directory: Path | None, load_cmd: str | None, force: bool
+) -> None:
+    """Read the ImageBuilder config CONFIG (the shell variable file of Xen's
+    uboot-script-gen) as data, never running it, and write the description it means.
+
+    Sizes keep ImageBuilder's units (DOM0_MEM and DOMU_MEM in MB), its defaults are written
+    out, and only the first NUM_DOMUS domUs count. An option hlimage has no equivalent for, or
+    a line that is not an assignment, is an error naming its line. Prints the `hlimage build`
+    command line to run next on stdout.
+    """
+    import shlex
+
+    from hlimage.importers import imagebuilder
+    from hlimage.messages import note, warn
+
+    imported = imagebuilder.import_file(
+        config, output, directory=directory, load_cmd=load_cmd, force=force
+    )
+    for warning in imported.warnings:
+        warn(warning)
+    note(f"wrote {output}; then {imported.then}")
+    click.echo(shlex.join(imported.command))
+
+
 def main() -> None:
     from hlimage.errors import HlimageError
 
