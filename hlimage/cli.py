@@ -480,7 +480,7 @@ def import_imagebuilder(
     import shlex
 
     from hlimage.importers import imagebuilder
-    from hlimage.messages import note, warn
+    from hlimage.plumbing.messages import note, warn
 
     imported = imagebuilder.import_file(
         config, output, directory=directory, load_cmd=load_cmd, force=force

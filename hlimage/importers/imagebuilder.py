@@ -988,7 +988,7 @@ def import_file(
 ) -> Imported:
     """Convert `config` and write the description to `output` atomically: all of it, or
     nothing."""
-    from hlimage.atomic import atomic_file
+    from hlimage.plumbing.atomic import atomic_file
 
     if os.path.exists(output) and not force:
         if os.path.isdir(output):
