@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import struct
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import BinaryIO
 
@@ -17,7 +18,7 @@ import construct as c
 
 from hlimage.errors import FormatError, TruncatedError
 from hlimage.formats import align_up
-from hlimage.formats.payload import Chunk, Payload, StreamRange
+from hlimage.formats.payload import Chunk, Payload, Region, StreamRange
 
 MACHINE_AMD64 = 0x8664
 MACHINE_ARM64 = 0xAA64
@@ -454,6 +455,11 @@ class Checksum:
         ) % 0xFFFF
         self.nonzero = self.nonzero or any(new)
 
+    def add(self, other: Checksum) -> None:
+        """Fold in the sum of other bytes (at their own offsets)."""
+        self.residue = (self.residue + other.residue) % 0xFFFF
+        self.nonzero = self.nonzero or other.nonzero
+
     def finish(self, file_length: int) -> int:
         # Folding with end-around carry never gives 0 once anything was non-zero.
         folded = self.residue or (0xFFFF if self.nonzero else 0)
@@ -593,17 +599,43 @@ def _patched(view: Chunk, at: int, patches: Sequence[tuple[int, bytes, bytes]]) 
 def _sum_pieces(
     layout: _Layout, pieces: Sequence[_Piece], headers: bytes, checksum: Checksum
 ) -> None:
-    """The checksum of the whole file from the inputs, before any of it is written."""
+    """The checksum of the whole file from the inputs, before any of it is written: every
+    file range summed in spans on two threads (reading and numpy's sum let go of the GIL),
+    which halves the wait before the first byte can be written."""
     checksum.update(0, headers)
     position = layout.headers_size
+    spans: list[tuple[Payload, int]] = []  # (a span of an input, its offset in the output)
     for piece in pieces:
-        size = 0
-        for view in piece.payload.plain().views():
-            checksum.update(position + size, view)
-            size += len(view)
+        plain = piece.payload.plain()
+        size = plain.exact_size
+        assert size is not None, "headers go first only when every size is known"
+        if isinstance(plain, Region):
+            for start in range(0, size, SUM_SPAN):
+                length = min(SUM_SPAN, size - start)
+                spans.append((Region(plain.path, plain.offset + start, length), position + start))
+        else:
+            # Not on the threads: a range of the image being rewritten shares its open file.
+            checksum.add(_sum_span((plain, position)))
         for offset, old, new in piece.patches:
             checksum.replace(position + offset, old, new)
         position += align_up(size, layout.file_alignment) if size else 0
+
+    with ThreadPoolExecutor(max_workers=2) as workers:
+        for part in workers.map(_sum_span, spans):
+            checksum.add(part)
+
+
+def _sum_span(span: tuple[Payload, int]) -> Checksum:
+    payload, at = span
+    part = Checksum()
+    done = 0
+    for view in payload.views():
+        part.update(at + done, view)
+        done += len(view)
+    return part
+
+
+SUM_SPAN = 64 << 20
 
 
 def _write(
