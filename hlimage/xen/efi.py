@@ -10,7 +10,7 @@ from hlimage.formats.xencfg import XenConfig, value_problem
 from hlimage.messages import warn
 from hlimage.model import Arch, Domain, System
 from hlimage.planned import PlannedFile, Role
-from hlimage.streams import BytesPayload, Region
+from hlimage.streams import BytesPayload, Payload, Region
 from hlimage.xen import policy
 
 
@@ -116,7 +116,12 @@ def unified_sections(system: System, dom0: Domain) -> list[PlannedFile]:
     plan = [PlannedFile(".config", BytesPayload(config.encode(), "xen.cfg"), Role.CONFIG)]
     if system.arch is Arch.ARM64:
         if system.xen.dtb is not None:
-            plan.append(PlannedFile(".dtb", Region(system.xen.dtb), Role.DTB))
+            from hlimage.xen import dom0less
+
+            tree: Payload = Region(system.xen.dtb)
+            if dom0less.needs_tree_changes(system):
+                tree = BytesPayload(dom0less.launch_tree_of(system), "xen.dtb")
+            plan.append(PlannedFile(".dtb", tree, Role.DTB))
         else:
             warn(
                 "[xen] dtb is not set: Xen will use the firmware's device tree; firmware that "
