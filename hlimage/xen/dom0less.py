@@ -183,6 +183,10 @@ class _Writer:
     # --- Checks over the whole description --------------------------------------------------
 
     def check_system(self) -> None:
+        # What the named Xen cannot read at all is the first thing to say.
+        for domain in dt_domains(self.system):
+            if domain.capabilities:
+                self.require("capabilities", f"{policy.domain_label(domain)} capabilities")
         dom0 = classic_dom0(self.system)
         if dom0 is not None:
             for key in policy.NODE_ONLY_KEYS:
