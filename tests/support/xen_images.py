@@ -75,5 +75,8 @@ def restamped(
         packed = gzip.compress(("\n".join(kept) + "\n").encode(), compresslevel=9, mtime=0)
     assert len(packed) <= length, "the new Kconfig does not fit where the old one was"
     data[offset : offset + length] = packed + b"\0" * (length - len(packed))
+    # A staged payload is a link into the shared cache: replace the link, never write
+    # through it.
+    destination.unlink(missing_ok=True)
     destination.write_bytes(bytes(data))
     return destination
