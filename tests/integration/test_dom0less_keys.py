@@ -396,3 +396,11 @@ def test_the_config_beside_the_image_counts(cache: Path, tmp_path: Path) -> None
     (tmp_path / "xen-4.20-arm64.config").unlink()
     # Nothing says what it was built with: nothing is refused for it.
     assert libfdt_props(lcm(description, tmp_path), "/chosen/g")["sve"] == fdt.u32(128)
+
+
+def test_passthrough_on_the_hardware_domain(cache: Path, tmp_path: Path) -> None:
+    extra = 'capabilities = ["hardware"]\npassthrough = "enabled"\n'
+    description = describe(tmp_path, dom0=None, guests=(("hw", "32M", 1, extra),),
+                           dtb=host_dtb(tmp_path))  # fmt: skip
+    message = refusal(description, tmp_path)
+    assert "passthrough: not allowed on the hardware domain (Xen panics \"Don't specify" in message
