@@ -15,7 +15,7 @@ from hlimage.outputs import registry
 from hlimage.planned import PlannedFile, Role
 from hlimage.report import Artifact, BuildReport
 from hlimage.streams import BytesPayload, Region, copy_stream
-from hlimage.xen import binding, policy
+from hlimage.xen import binding, efi, policy
 from hlimage.xen import modules as boot_modules
 from hlimage.xen.probe import XenEfi, probe_system_efi
 
@@ -32,7 +32,7 @@ def files(system: System, xen: XenEfi | None = None) -> list[PlannedFile]:
     ESP's root."""
     policy.validate_domains(system)
     xen = xen or probe_system_efi(system)
-    modules = boot_modules.all_modules(system)
+    modules = efi.exact_kernel_names(system, boot_modules.all_modules(system), xen.release)
     boot = binding.of(system).efi_boot(system, modules, xen.version, DTB_NAME)
     name = efi_name(system.arch)
     cfg_name = name.rsplit(".", 1)[0] + ".cfg"

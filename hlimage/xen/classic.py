@@ -54,7 +54,7 @@ class ClassicBinding(XenBinding):
             return multiboot2_stanza(system, layout, prelude)
         return xen_boot_stanza(system, layout, prelude)
 
-    def unified_over_network(self, system: System, version: tuple[int, int] | None) -> bool:
+    def unified_over_network(self, system: System, version: tuple[int, ...] | None) -> bool:
         return efi.loads_unified_over_network(system.arch, version)
 
     def launch_tree(self, system: System) -> bytes:
@@ -114,7 +114,10 @@ def multiboot2_stanza(system: System, layout: Layout, prelude: list[str]) -> Sta
         options.append("ucode=-1")  # the microcode module is the last one
     xen_args = grub_entry.xen_cmdline(system, options)
     entry.lines.append(f"multiboot2 {xen_path} placeholder {words(xen_args)} ${{xen_rm_opts}}")
-    entry.lines += grub_entry.module_lines(paths, modules, "module2", kernel_argv0="placeholder ")
+    # No `placeholder` before dom0's arguments, as 20_linux_xen writes: GRUB 2 passes a module
+    # line's arguments as they are and Xen strips nothing after it (cmdline_cook), so dom0
+    # would find the word at the head of its command line.
+    entry.lines += grub_entry.module_lines(paths, modules, "module2")
     return Stanza(entry, paths.files)
 
 

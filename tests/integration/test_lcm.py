@@ -269,3 +269,40 @@ def test_x86_esp_tree_and_limits(cache: Path, tmp_path: Path) -> None:
     several = hyperlaunch_description(tmp_path / "several", 2)
     result = run_cli("build", several, "-f", "esp", "-o", tmp_path / "esp2")
     assert result.code == 2 and "an x86 ESP boots one domain" in result.stderr
+
+
+def test_x86_esp_for_xen_4_20_names_the_kernel_after_the_first_word(
+    cache: Path, tmp_path: Path
+) -> None:
+    """Xen 4.19 and newer hand dom0 the kernel= line's file name in front of its arguments
+    (efi_arch_handle_module; no longer stripped since ef2071d45b): a kernel file named after
+    the command line's first word makes the kernel= line the command line itself."""
+    description = descriptions.x86_classic(tmp_path, xen="4.20")
+    result = run_cli("build", description, "-f", "esp", "-o", tmp_path / "esp")
+    assert result.code == 0, result.stderr
+    boot_dir = tmp_path / "esp/EFI/BOOT"
+    assert sorted(p.name for p in boot_dir.iterdir()) == [
+        "BOOTX64.EFI", "BOOTX64.cfg", "console=hvc0", "dom0.cpio.gz"
+    ]  # fmt: skip
+    assert file_sha256(boot_dir / "console=hvc0") == file_sha256(cache / "x86_64/vmlinuz")
+    cfg = (boot_dir / "BOOTX64.cfg").read_text()
+    assert "\nkernel=console=hvc0 earlyprintk=xen\n" in cfg
+    # The disk's FAT holds the name too.
+    result = run_cli("build", description, "-f", "disk", "-o", tmp_path / "disk.img")
+    assert result.code == 0, result.stderr
+    listing = run_cli("inspect", "--json", tmp_path / "disk.img")
+    files = {f["path"] for f in json.loads(listing.stdout)["esp"]["files"]}
+    assert "EFI/BOOT/console=hvc0" in files
+
+
+def test_x86_esp_first_word_that_cannot_name_a_file(cache: Path, tmp_path: Path) -> None:
+    description = descriptions.x86_classic(tmp_path, xen="4.20")
+    text = description.read_text().replace(
+        'cmdline = "console=hvc0 earlyprintk=xen"', 'cmdline = "root=/dev/ram0 console=hvc0"'
+    )
+    description.write_text(text)
+    result = run_cli("build", description, "-f", "esp", "-o", tmp_path / "esp")
+    assert result.code == 0, result.stderr
+    assert 'dom0 gets "vmlinuz root=/dev/ram0 console=hvc0"' in result.stderr
+    cfg = (tmp_path / "esp/EFI/BOOT/BOOTX64.cfg").read_text()
+    assert "\nkernel=vmlinuz root=/dev/ram0 console=hvc0\n" in cfg
