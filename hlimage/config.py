@@ -4,6 +4,7 @@ ukify's CONFIG_ITEMS); every error names the file and the key and says what to d
 from __future__ import annotations
 
 import difflib
+import functools
 import re
 import tomllib
 from collections.abc import Callable, Mapping, Sequence
@@ -16,10 +17,14 @@ from hlimage.model import (
     Arch,
     Binding,
     Capability,
+    CpuPool,
     Domain,
+    EventChannel,
     InitrdCompression,
     MemoryRange,
     Mode,
+    SharedMemory,
+    ShmRole,
     System,
     Xen,
 )
@@ -268,6 +273,186 @@ def memory_ranges(where: Field, value: object) -> tuple[MemoryRange, ...]:
     return tuple(ranges)
 
 
+def whole_number(low: int, high: int, example: int) -> Parser:
+    def parse(where: Field, value: object) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise where.fail(
+                f"expected a whole number from {low} to {high}, got {_show(value)}",
+                f"write e.g. key = {example}",
+            )
+        return value
+
+    return parse
+
+
+# Xen reads grant limits as u32 and refuses those above INT32_MAX ("max_grant_frames (%u)
+# overflow"); a grant table needs at least one frame (INITIAL_NR_GRANT_FRAMES).
+INT32_MAX = (1 << 31) - 1
+# booting.txt: "allowed values are from 128 to maximum 2048, being multiple of 128"; 0 is off.
+SVE_STEP, SVE_MAX = 128, 2048
+
+
+def sve_length(where: Field, value: object) -> int:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int)
+        or not 0 <= value <= SVE_MAX
+        or value % SVE_STEP
+    ):
+        raise where.fail(
+            f"{_show(value)} is not an SVE vector length",
+            f"give the length in bits, a multiple of {SVE_STEP} up to {SVE_MAX} (0: off), like 256",
+        )
+    return value
+
+
+_NUMBER_LIST_RE = re.compile(r"^\d+(?:-\d+)?(?:,\d+(?:-\d+)?)*$")
+
+
+def number_list(what: str) -> Parser:
+    """A list of numbers and inclusive ranges as Xen parses it: "0-3,8" (hard-affinity,
+    llc-colors)."""
+
+    def parse(where: Field, value: object) -> str:
+        value = text(where, value)
+        if not _NUMBER_LIST_RE.match(value) or any(
+            int(low) > int(high)
+            for low, _, high in (part.partition("-") for part in value.split(","))
+            if high
+        ):
+            raise where.fail(
+                f"{_show(value)} is not a list of {what}",
+                'write numbers and ranges separated by commas, like "0-3,8"',
+            )
+        return value
+
+    return parse
+
+
+def affinities(where: Field, value: object) -> tuple[str, ...]:
+    fix = 'write key = ["0-1", "3"]: one list of physical CPUs per vCPU, vCPU 0 first'
+    if not isinstance(value, list) or not value:
+        raise where.fail(f"expected a non-empty list of strings, got {_type_name(value)}", fix)
+    parse = number_list("physical CPUs")
+    return tuple(
+        parse(Field(where.file, where.section, f"{where.key}[{index}]"), item)
+        for index, item in enumerate(value)
+    )
+
+
+def address(where: Field, value: object, fix: str) -> int:
+    if isinstance(value, str):
+        try:
+            value = int(value, 0)
+        except ValueError:
+            raise where.fail(f"{_show(value)} is not an address", fix) from None
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 1 << 64:
+        raise where.fail(f"{_show(value)} is not an address", fix)
+    return value
+
+
+def _table_items(
+    where: Field, value: object, fix: str
+) -> list[tuple[Callable[[str], Field], dict[str, object]]]:
+    """The tables of a list of tables, each with a Field maker for its keys."""
+    if not isinstance(value, list) or not value:
+        raise where.fail(f"expected a non-empty list of tables, got {_type_name(value)}", fix)
+    items: list[tuple[Callable[[str], Field], dict[str, object]]] = []
+    for index, item in enumerate(value):
+        if not isinstance(item, dict):
+            raise where.fail(f"item {index + 1} is {_type_name(item)}, not a table", fix)
+        items.append((functools.partial(_item_field, where, index), item))
+    return items
+
+
+def _item_field(where: Field, index: int, key: str) -> Field:
+    return Field(where.file, where.section, f"{where.key}[{index}].{key}")
+
+
+def _check_keys(field: Callable[[str], Field], item: Mapping[str, object],
+                known: Sequence[str], required: Sequence[str], fix: str) -> None:  # fmt: skip
+    for key in item:
+        if key not in known:
+            raise field(key).fail(f"unknown key; {_did_you_mean(key, list(known))}", fix)
+    for key in required:
+        if key not in item:
+            raise field(key).fail("is missing", fix)
+
+
+# Xen keeps a shm id with its NUL in MAX_SHM_ID_LENGTH (16) bytes.
+MAX_SHM_ID = 15
+PAGE = 4096
+
+
+def shared_memories(where: Field, value: object) -> tuple[SharedMemory, ...]:
+    fix = (
+        'write key = [{ id = "shm0", host = "0x50000000", guest = "0x60000000", size = "16M", '
+        'role = "owner" }] (host and role optional)'
+    )
+    regions = []
+    for field, item in _table_items(where, value, fix):
+        _check_keys(field, item, ("id", "host", "guest", "size", "role"), ("id", "guest", "size"),
+                    fix)  # fmt: skip
+        shm_id = text(field("id"), item["id"])
+        if not 0 < len(shm_id.encode()) <= MAX_SHM_ID:
+            raise field("id").fail(
+                f"{_show(shm_id)} is not a usable id", f"give 1 to {MAX_SHM_ID} characters"
+            )
+        guest = address(field("guest"), item["guest"], fix)
+        host = address(field("host"), item["host"], fix) if "host" in item else None
+        length = size(field("size"), item["size"])
+        for key, number in (("guest", guest), ("host", host), ("size", length)):
+            # "not suitably aligned" (static-shmem.c): Xen maps whole pages.
+            if number is not None and number % PAGE:
+                raise field(key).fail(
+                    f"{_show(item[key])} is not a multiple of 4 KiB",
+                    "Xen maps whole pages: align it to 4 KiB",
+                )
+        if not length:
+            raise field("size").fail("is zero", 'give the size of the region, like "16M"')
+        role = choice(ShmRole)(field("role"), item["role"]) if "role" in item else None
+        regions.append(SharedMemory(shm_id, guest, length, host, role))
+    return tuple(regions)
+
+
+# Static event channels are bound before the guest picks its ABI: the 2-level ABI's 4096
+# ports (64 x 64 on a 64-bit guest); port 0 is never usable.
+MAX_EVTCHN_PORT = 4095
+
+
+def event_channels(where: Field, value: object) -> tuple[EventChannel, ...]:
+    fix = 'write key = [{ port = 10, peer = "guest2", peer_port = 20 }]'
+    channels = []
+    port = whole_number(1, MAX_EVTCHN_PORT, 10)
+    for field, item in _table_items(where, value, fix):
+        _check_keys(field, item, ("port", "peer", "peer_port"), ("port", "peer", "peer_port"),
+                    fix)  # fmt: skip
+        channels.append(
+            EventChannel(
+                port(field("port"), item["port"]),
+                name(field("peer"), item["peer"]),
+                port(field("peer_port"), item["peer_port"]),
+            )
+        )
+    return tuple(channels)
+
+
+def cpu_names(where: Field, value: object) -> tuple[str, ...]:
+    fix = 'write key = ["cpu@1", "cpu@2"]: node names under /cpus of [xen] dtb'
+    if not isinstance(value, list) or not value:
+        raise where.fail(f"expected a non-empty list of node names, got {_type_name(value)}", fix)
+    names = []
+    for index, item in enumerate(value):
+        item_field = Field(where.file, where.section, f"{where.key}[{index}]")
+        node = text(item_field, item)
+        if not node or "/" in node:
+            raise item_field.fail(f"{_show(node)} is not a node name", fix)
+        if node in names:
+            raise item_field.fail(f"{_show(node)} is listed twice", "list each CPU once")
+        names.append(node)
+    return tuple(names)
+
+
 def sbat_file(where: Field, value: object) -> Path:
     from hlimage.errors import FormatError
     from hlimage.formats import sbat
@@ -300,6 +485,8 @@ XEN_OPTIONS = (
     Option("ucode", existing_file, "CPU microcode (x86)"),
     Option("dtb", existing_file, "host device tree (arm64)"),
     Option("sbat", sbat_file, "SBAT data (CSV) for shim: the unified image's .sbat section"),
+    Option("static_heap", memory_ranges, "arm64: xen,static-heap address/size pairs"),
+    Option("colors", number_list("LLC colours"), "arm64: Xen's own LLC colours, like '0-1'"),
 )
 
 DOMAIN_OPTIONS = (
@@ -323,14 +510,34 @@ DOMAIN_OPTIONS = (
     Option("static_mem", memory_ranges, "arm64: xen,static-mem address/size pairs"),
     Option("direct_map", boolean, "arm64: direct-map (needs static_mem)"),
     Option("cpupool", name, "arm64: name of the cpupool the domain runs in"),
-    Option("colors", text, "arm64: LLC colours, like '0-3,8'"),
+    Option("colors", number_list("LLC colours"), "arm64: LLC colours, like '0-3,8'"),
     Option("nr_spis", spi_count, "arm64: number of SPIs for the domain"),
+    Option("max_grant_version", whole_number(1, 2, 1), "arm64: highest grant table version"),
+    Option("max_grant_frames", whole_number(1, INT32_MAX, 64), "arm64: grant table frames"),
+    Option("max_maptrack_frames", whole_number(0, INT32_MAX, 1024), "arm64: grant maptrack frames"),
+    Option("sve", sve_length, "arm64: SVE vector length in bits (0: off)"),
+    Option("shared_mem", shared_memories, "arm64: static shared memory regions"),
+    Option("event_channels", event_channels, "arm64: static event channels to other domains"),
+    Option("vcpu_affinity", affinities, "arm64: physical CPUs per vCPU, like ['0-1', '3']"),
+    Option("trap_unmapped_accesses", boolean, "arm64: trap accesses to unmapped addresses"),
+    Option("sci_type", one_of("none", "scmi_smc"), "arm64: Arm SCI (SCMI) for the domain"),
+)
+
+CPUPOOL_OPTIONS = (
+    Option("name", name, "the pool's name; a domain's cpupool names it", required=True),
+    Option("cpus", cpu_names, "node names under /cpus of [xen] dtb", required=True),
+    Option(
+        "scheduler",
+        one_of("credit", "credit2", "rtds", "arinc653", "null"),
+        "Xen's scheduler for the pool (default: Xen's own)",
+    ),
 )
 
 SECTIONS: Mapping[str, Sequence[Option]] = {
     "image": IMAGE_OPTIONS,
     "xen": XEN_OPTIONS,
     "domain": DOMAIN_OPTIONS,
+    "cpupool": CPUPOOL_OPTIONS,
 }
 
 
@@ -391,7 +598,7 @@ def load(path: Path) -> System:
 def from_document(path: Path, document: Mapping[str, Any]) -> System:
     for key in document:
         if key not in SECTIONS:
-            hint = _did_you_mean(key, ["image", "xen", "domain"], "sections")
+            hint = _did_you_mean(key, list(SECTIONS), "sections")
             raise HlimageError(f"[{key}]: unknown section; {hint}", where=path)
     image_table = document.get("image")
     if not isinstance(image_table, dict):
@@ -429,6 +636,8 @@ def from_document(path: Path, document: Mapping[str, Any]) -> System:
         seen[values["name"]] = index
         parsed_domains.append(values)
 
+    pools = _parse_cpupools(path, document.get("cpupool", []))
+
     # Which domain is dom0: with no capabilities anywhere, the one named dom0 gets all three.
     if not any("capabilities" in values for values in parsed_domains):
         for values in parsed_domains:
@@ -436,6 +645,7 @@ def from_document(path: Path, document: Mapping[str, Any]) -> System:
     domains = tuple(
         Domain(**{**values, "initrd": values.get("initrd", ())}) for values in parsed_domains
     )
+    _check_references(path, domains)
     return System(
         source=path,
         arch=image["arch"],
@@ -444,4 +654,55 @@ def from_document(path: Path, document: Mapping[str, Any]) -> System:
         domains=domains,
         name=image.get("name", "xen"),
         title=image.get("title"),
+        cpupools=pools,
     )
+
+
+def _parse_cpupools(path: Path, tables: object) -> tuple[CpuPool, ...]:
+    if not isinstance(tables, list):
+        raise HlimageError("[[cpupool]] must be a list of tables; write [[cpupool]]", where=path)
+    pools: list[CpuPool] = []
+    for index, table in enumerate(tables, start=1):
+        if not isinstance(table, dict):
+            raise HlimageError(f"[[cpupool]] #{index}: must be a table", where=path)
+        raw_name = table.get("name")
+        label = (
+            f'[[cpupool]] "{raw_name}" ' if isinstance(raw_name, str) else f"[[cpupool]] #{index} "
+        )
+        values = _parse_table(path, label, table, CPUPOOL_OPTIONS)
+        for pool in pools:
+            if pool.name == values["name"]:
+                raise HlimageError(
+                    f'{label}name: "{pool.name}" names another pool too; give every pool its own '
+                    "name",
+                    where=path,
+                )
+            shared = sorted(set(pool.cpus) & set(values["cpus"]))
+            if shared:
+                # "Logical cpu %d already added to a cpupool!" (boot-cpupool.c)
+                raise HlimageError(
+                    f'{label}cpus: {", ".join(shared)} also in pool "{pool.name}"; Xen panics '
+                    '"Logical cpu ... already added to a cpupool!": put each CPU in one pool',
+                    where=path,
+                )
+        pools.append(CpuPool(values["name"], values["cpus"], values.get("scheduler")))
+    return tuple(pools)
+
+
+def _check_references(path: Path, domains: Sequence[Domain]) -> None:
+    """What one domain says about another: event channel peers."""
+    names = [domain.name for domain in domains]
+    for domain in domains:
+        for index, channel in enumerate(domain.event_channels):
+            key = f'[[domain]] "{domain.name}" event_channels[{index}].peer'
+            if channel.peer not in names:
+                raise HlimageError(
+                    f'{key}: no domain is named "{channel.peer}"; '
+                    f"{_did_you_mean(channel.peer, names, 'domains')}",
+                    where=path,
+                )
+            if channel.peer == domain.name:
+                raise HlimageError(
+                    f"{key}: a static event channel joins two domains; name the other one",
+                    where=path,
+                )

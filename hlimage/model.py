@@ -54,6 +54,44 @@ class MemoryRange:
     size: int
 
 
+class ShmRole(enum.Enum):
+    OWNER = "owner"
+    BORROWER = "borrower"
+
+
+@dataclass(frozen=True)
+class SharedMemory:
+    """A static shared memory region one domain maps (Xen's `xen,shared-mem`)."""
+
+    id: str
+    """Xen's `xen,shm-id`: the same region has the same id in every domain that maps it."""
+    guest: int
+    size: int
+    host: int | None = None
+    """None: Xen allocates the region (4.19 and newer)."""
+    role: ShmRole | None = None
+
+
+@dataclass(frozen=True)
+class EventChannel:
+    """A static event channel, declared on one side; the peer gets the other end."""
+
+    port: int
+    peer: str
+    """The peer domain's name."""
+    peer_port: int
+
+
+@dataclass(frozen=True)
+class CpuPool:
+    """A boot-time cpupool (`xen,cpupool` node in /chosen)."""
+
+    name: str
+    cpus: tuple[str, ...]
+    """Node names under /cpus of the host device tree, like "cpu@1"."""
+    scheduler: str | None = None
+
+
 @dataclass(frozen=True)
 class Domain:
     name: str
@@ -77,6 +115,17 @@ class Domain:
     cpupool: str | None = None
     colors: str | None = None
     nr_spis: int | None = None
+    max_grant_version: int | None = None
+    max_grant_frames: int | None = None
+    max_maptrack_frames: int | None = None
+    sve: int | None = None
+    """SVE vector length in bits (0: off)."""
+    shared_mem: tuple[SharedMemory, ...] = ()
+    event_channels: tuple[EventChannel, ...] = ()
+    vcpu_affinity: tuple[str, ...] = ()
+    """Hard affinity per vCPU, index = vCPU number: pCPU lists like "0-1,3"."""
+    trap_unmapped_accesses: bool | None = None
+    sci_type: str | None = None
 
     @property
     def is_hardware_domain(self) -> bool:
@@ -97,6 +146,10 @@ class Xen:
     dtb: Path | None = None
     sbat: Path | None = None
     """SBAT data (CSV) for the unified image's .sbat section, checked by config."""
+    static_heap: tuple[MemoryRange, ...] = ()
+    """Arm: RAM Xen keeps for its heap (`xen,static-heap`)."""
+    colors: str | None = None
+    """Arm: Xen's own LLC colours (`xen-llc-colors=` on its command line)."""
 
 
 @dataclass(frozen=True)
@@ -112,6 +165,7 @@ class System:
     name: str = "xen"
     """Used for menu entry titles and ids."""
     title: str | None = None
+    cpupools: tuple[CpuPool, ...] = ()
 
     @property
     def hardware_domain(self) -> Domain | None:
@@ -124,3 +178,6 @@ class System:
     def domus(self) -> tuple[Domain, ...]:
         """Every domain but the hardware domain."""
         return tuple(d for d in self.domains if not d.is_hardware_domain)
+
+    def domain(self, name: str) -> Domain | None:
+        return next((d for d in self.domains if d.name == name), None)

@@ -18,7 +18,7 @@ from hlimage.planned import PlannedFile, Role
 from hlimage.plumbing.atomic import atomic_directory
 from hlimage.plumbing.streams import copy_stream
 from hlimage.report import Artifact, BuildReport, PeDigests
-from hlimage.xen import binding, policy
+from hlimage.xen import binding, efi, policy
 from hlimage.xen import modules as boot_modules
 from hlimage.xen.probe import XenEfi, probe_system_efi
 
@@ -35,7 +35,7 @@ def files(system: System, xen: XenEfi | None = None) -> list[PlannedFile]:
     ESP's root."""
     policy.validate_domains(system)
     xen = xen or probe_system_efi(system)
-    modules = boot_modules.all_modules(system)
+    modules = efi.exact_kernel_names(system, boot_modules.all_modules(system), xen.release)
     boot = binding.of(system).efi_boot(system, modules, xen.version, DTB_NAME)
     name = efi_name(system.arch)
     cfg_name = name.rsplit(".", 1)[0] + ".cfg"

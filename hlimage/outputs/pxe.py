@@ -51,14 +51,15 @@ QEMU (user networking, no disk): -netdev user,id=n0,tftp=DIR,bootfile={boot_file
 def _through_unified(system: System) -> bool:
     """Whether the boot file is a unified xen.efi rather than GRUB."""
     policy.validate_domains(system)
-    version = probe_efi(system.xen.efi).version if system.xen.efi is not None else None
+    # With its patch release: the fix is in 4.22 and 4.21.2.
+    version = probe_efi(system.xen.efi).release if system.xen.efi is not None else None
     return binding.of(system).unified_over_network(system, version)
 
 
 def _check_grub_route(system: System) -> None:
     if system.arch is Arch.X86_64 and system.xen.multiboot is None:
         raise HlimageError(
-            "[xen] multiboot: a PXE tree for Xen before 4.22 boots through GRUB, which "
+            "[xen] multiboot: a PXE tree for Xen before 4.22 (4.21.2) boots through GRUB, which "
             'loads Xen\'s ELF image; add multiboot = "xen.gz"',
             where=system.source,
         )
@@ -88,7 +89,7 @@ def build(
                 system, temporary / boot_file, lib=grub_lib, digests=digests
             )
             how = "GRUB with Xen and every module in its memdisk"
-            note(f"{boot_file}: {how} (xen.efi over the network needs Xen 4.22)")
+            note(f"{boot_file}: {how} (xen.efi over the network needs Xen 4.22 or 4.21.2)")
         (temporary / "README.txt").write_text(readme(system, boot_file, how))
         boot = temporary / boot_file
         # Its digests were computed as it was written.

@@ -80,7 +80,7 @@ class XenBinding(ABC):
         """The GRUB menu entry that boots the description."""
         raise self.refuse(system, f"[image] binding: {self.kind.value} cannot boot from GRUB")
 
-    def unified_over_network(self, system: System, version: tuple[int, int] | None) -> bool:
+    def unified_over_network(self, system: System, version: tuple[int, ...] | None) -> bool:
         """Whether a network boot can start a unified xen.efi directly (else it goes through
         GRUB)."""
         return False

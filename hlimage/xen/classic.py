@@ -7,7 +7,7 @@ loads it as the first module after Xen (multiboot2 on x86, xen_module on arm64).
 from __future__ import annotations
 
 from hlimage.formats.grubcfg import words
-from hlimage.formats.payload import Region
+from hlimage.formats.payload import BytesPayload, Payload, Region
 from hlimage.model import Arch, Binding, Domain, System
 from hlimage.planned import PlannedFile, Role
 from hlimage.xen import efi, grub_entry, policy
@@ -44,7 +44,7 @@ class ClassicBinding(XenBinding):
         version: tuple[int, int] | None,
         dtb_name: str,
     ) -> EfiBoot:
-        return host_dtb_boot(system, dom0_of(system), modules, dtb_name)
+        return host_dtb_boot(system, dom0_of(system), modules, dtb_name, version)
 
     def unified_sections(self, system: System) -> list[PlannedFile]:
         return efi.unified_sections(system, dom0_of(system))
@@ -54,7 +54,7 @@ class ClassicBinding(XenBinding):
             return multiboot2_stanza(system, layout, prelude)
         return xen_boot_stanza(system, layout, prelude)
 
-    def unified_over_network(self, system: System, version: tuple[int, int] | None) -> bool:
+    def unified_over_network(self, system: System, version: tuple[int, ...] | None) -> bool:
         return efi.loads_unified_over_network(system.arch, version)
 
     def launch_tree(self, system: System) -> bytes:
@@ -73,10 +73,23 @@ BINDING = ClassicBinding()
 
 
 def host_dtb_boot(
-    system: System, dom0: Domain | None, modules: list[PlannedFile], dtb_name: str
+    system: System,
+    dom0: Domain | None,
+    modules: list[PlannedFile],
+    dtb_name: str,
+    version: tuple[int, int] | None,
 ) -> EfiBoot:
-    """xen.cfg for dom0, with the description's host device tree beside it (arm64)."""
-    dtb = Region(system.xen.dtb) if system.xen.dtb is not None else None
+    """xen.cfg for dom0, with the description's host device tree beside it (arm64), with what
+    the description adds to /chosen."""
+    from hlimage.xen import dom0less
+
+    dtb: Payload | None = None
+    if system.xen.dtb is not None:
+        dtb = Region(system.xen.dtb)
+        if dom0less.needs_tree_changes(system):
+            tree = dom0less.host_tree(system)
+            dom0less.add_domains(system, tree, modules, version)
+            dtb = BytesPayload(tree.build(), dtb_name)
     config = efi.esp_config(system, dom0, modules, dtb_name if dtb is not None else None)
     return EfiBoot(config, dtb)
 
@@ -101,7 +114,10 @@ def multiboot2_stanza(system: System, layout: Layout, prelude: list[str]) -> Sta
         options.append("ucode=-1")  # the microcode module is the last one
     xen_args = grub_entry.xen_cmdline(system, options)
     entry.lines.append(f"multiboot2 {xen_path} placeholder {words(xen_args)} ${{xen_rm_opts}}")
-    entry.lines += grub_entry.module_lines(paths, modules, "module2", kernel_argv0="placeholder ")
+    # No `placeholder` before dom0's arguments, as 20_linux_xen writes: GRUB 2 passes a module
+    # line's arguments as they are and Xen strips nothing after it (cmdline_cook), so dom0
+    # would find the word at the head of its command line.
+    entry.lines += grub_entry.module_lines(paths, modules, "module2")
     return Stanza(entry, paths.files)
 
 
@@ -114,8 +130,13 @@ def xen_boot_stanza(system: System, layout: Layout, prelude: list[str]) -> Stanz
     entry = grub_entry.new_entry(system, prelude, "insmod xen_boot")
     if system.xen.dtb is not None:
         grub_entry.check_dtb(system)
+        from hlimage.xen import dom0less
+
+        tree: Payload = Region(system.xen.dtb)
+        if dom0less.needs_tree_changes(system):
+            tree = BytesPayload(dom0less.launch_tree_of(system), grub_entry.DTB_NAME)
         # Under firmware that publishes only ACPI, Xen has no device tree without this line.
-        dtb = paths.add_file(grub_entry.DTB_NAME, Region(system.xen.dtb), Role.DTB, key="[xen] dtb")
+        dtb = paths.add_file(grub_entry.DTB_NAME, tree, Role.DTB, key="[xen] dtb")
         entry.lines.append(f"devicetree {dtb}")
     xen_path = paths.add_file("xen.efi", Region(system.xen.efi), Role.XEN, key="[xen] efi")
     xen_args = grub_entry.xen_cmdline(system, policy.dom0_xen_options(system, dom0))

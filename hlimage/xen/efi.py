@@ -6,12 +6,45 @@ from dataclasses import dataclass
 
 from hlimage.errors import FormatError, HlimageError
 from hlimage.formats import sbat
-from hlimage.formats.payload import BytesPayload, Region
+from hlimage.formats.payload import BytesPayload, Payload, Region
 from hlimage.formats.xencfg import XenConfig, value_problem
 from hlimage.model import Arch, Domain, System
 from hlimage.planned import PlannedFile, Role
 from hlimage.plumbing.messages import warn
 from hlimage.xen import policy
+
+# Since 4.19 (ef2071d45b, "x86/efi: Simplify efi_arch_handle_cmdline") x86 Xen no longer strips
+# the first word of a module's string when its EFI loader made it, and that loader puts the
+# module's name there: the file name on the kernel= line, or "kernel" for the unified image's
+# section (efi_arch_handle_module). dom0 gets that word in front of its command line.
+X86_EFI_NAME_KEPT = (4, 19)
+UNIFIED_KERNEL_WORD = "kernel"
+# What a FAT long name cannot hold (the ESP's file system), besides control characters.
+FAT_FORBIDDEN = frozenset('"*/:<>?\\|')
+MAX_FAT_NAME = 255
+
+
+def keeps_module_name(arch: Arch, version: tuple[int, ...] | None) -> bool:
+    """Whether dom0's command line, loaded by Xen's EFI loader, starts with the kernel
+    module's name."""
+    return arch is Arch.X86_64 and version is not None and tuple(version[:2]) >= X86_EFI_NAME_KEPT
+
+
+def first_word_file_name(cmdline: str) -> str | None:
+    """The command line's first word, if it can be the kernel's file name: Xen then passes
+    dom0 `name + " " + the rest`, which is the command line itself (`kernel=` is split at
+    the first space)."""
+    if not cmdline or cmdline[0].isspace():
+        return None
+    word = cmdline.split(None, 1)[0]
+    if (
+        word in (".", "..")
+        or len(word) > MAX_FAT_NAME
+        or any(ch in FAT_FORBIDDEN or ord(ch) < 0x20 or ord(ch) > 0x7E for ch in word)
+        or word[-1] == "."
+    ):
+        return None
+    return word
 
 
 @dataclass(frozen=True)
@@ -41,6 +74,7 @@ def section_name(system: System) -> str:
 
 def xen_options(system: System, dom0: Domain | None) -> str:
     parts = [system.xen.cmdline] if system.xen.cmdline else []
+    parts += policy.xen_cmdline_options(system)
     if dom0 is not None:
         parts += policy.dom0_xen_options(system, dom0)
     return " ".join(parts)
@@ -50,13 +84,17 @@ def xen_config(system: System, dom0: Domain | None, files: ModuleFiles) -> XenCo
     """The config for a boot where dom0 (if any) comes through the cfg.
 
     The dom0 command line stays on the `kernel=` line even when the kernel is embedded: Xen
-    reads it from there (boot.c), taking the first word as the file name."""
+    reads it from there (boot.c), taking the first word as the file name. A kernel file
+    named after the command line's first word (an x86 ESP for Xen 4.19 and newer) makes the
+    line the command line itself."""
     section: dict[str, str] = {}
     options = xen_options(system, dom0)
     section["options"] = _checked(system, "[xen] cmdline", options)
     if dom0 is not None:
         kernel_line = files.kernel
-        if dom0.cmdline:
+        if files.kernel == first_word_file_name(dom0.cmdline):
+            kernel_line = _checked(system, f"{policy.domain_label(dom0)} cmdline", dom0.cmdline)
+        elif dom0.cmdline:
             kernel_line += " " + _checked(
                 system, f"{policy.domain_label(dom0)} cmdline", dom0.cmdline
             )
@@ -116,7 +154,12 @@ def unified_sections(system: System, dom0: Domain) -> list[PlannedFile]:
     plan = [PlannedFile(".config", BytesPayload(config.encode(), "xen.cfg"), Role.CONFIG)]
     if system.arch is Arch.ARM64:
         if system.xen.dtb is not None:
-            plan.append(PlannedFile(".dtb", Region(system.xen.dtb), Role.DTB))
+            from hlimage.xen import dom0less
+
+            tree: Payload = Region(system.xen.dtb)
+            if dom0less.needs_tree_changes(system):
+                tree = BytesPayload(dom0less.launch_tree_of(system), "xen.dtb")
+            plan.append(PlannedFile(".dtb", tree, Role.DTB))
         else:
             warn(
                 "[xen] dtb is not set: Xen will use the firmware's device tree; firmware that "
@@ -141,6 +184,44 @@ def unified_sections(system: System, dom0: Domain) -> list[PlannedFile]:
 
 
 # --- The ESP ----------------------------------------------------------------------------------
+
+
+def exact_kernel_names(
+    system: System, modules: list[PlannedFile], version: tuple[int, ...] | None
+) -> list[PlannedFile]:
+    """The ESP's modules, dom0's kernel renamed after its command line's first word where Xen
+    would otherwise put the file name in front of dom0's command line (x86, 4.19+)."""
+    from dataclasses import replace
+
+    from hlimage.xen.modules import find
+
+    dom0 = next((d for d in system.domains if d.is_classic_dom0), None)
+    if dom0 is None or not keeps_module_name(system.arch, version):
+        return modules
+    kernel = find(modules, Role.KERNEL, dom0)
+    if kernel is None:
+        return modules
+    word = first_word_file_name(dom0.cmdline)
+    taken = {m.name.lower() for m in modules if m is not kernel} | RESERVED_ESP_NAMES
+    if word is None or word.lower() in taken:
+        line = f"{kernel.name} {dom0.cmdline}".strip()
+        warn(
+            f"{policy.domain_label(dom0)} cmdline: Xen {version_text(version)} on x86 puts the "
+            f"kernel's file name in front of dom0's command line, so dom0 gets \"{line}\"; "
+            "hlimage names the file after the line's first word to avoid that, which this "
+            "line's first word cannot be (none, or one a FAT file name cannot be)"
+        )
+        return modules
+    return [replace(m, name=word) if m is kernel else m for m in modules]
+
+
+RESERVED_ESP_NAMES = frozenset(
+    {"bootx64.efi", "bootx64.cfg", "bootaa64.efi", "bootaa64.cfg", "xen.dtb"}
+)
+
+
+def version_text(version: tuple[int, ...] | None) -> str:
+    return ".".join(str(part) for part in version) if version else "(unknown)"
 
 
 def esp_config(
@@ -172,9 +253,6 @@ def esp_config(
 NETWORK_BOOT_ARCHES = (Arch.X86_64,)
 
 
-def loads_unified_over_network(arch: Arch, version: tuple[int, int] | None) -> bool:
-    return (
-        arch in NETWORK_BOOT_ARCHES
-        and version is not None
-        and version >= policy.FIRST_RELEASE["unified over the network"]
-    )
+def loads_unified_over_network(arch: Arch, version: tuple[int, ...] | None) -> bool:
+    """The fix is in 4.22 and was taken into 4.21.2: `version` with its patch release."""
+    return arch in NETWORK_BOOT_ARCHES and policy.reads(version, "unified over the network")

@@ -1,7 +1,8 @@
 """GRUB menu entries that boot Xen: the grammar the bindings share (docs/xen-boot-formats.md
-5.2-5.4, and GRUB's 20_linux_xen): `placeholder` as argv0, initrds with --nounzip, the real
-initrd first, `no-real-mode edd=off` on EFI platforms. Which lines an entry has is the
-binding's to say (classic.py, hyperlaunch.py); `stanza` asks it.
+5.2-5.4, and GRUB's 20_linux_xen): `placeholder` as Xen's argv0 (never dom0's: Xen hands dom0
+its module line whole), initrds with --nounzip, the real initrd first, `no-real-mode edd=off`
+on EFI platforms. Which lines an entry has is the binding's to say (classic.py,
+hyperlaunch.py); `stanza` asks it.
 """
 
 from __future__ import annotations
@@ -145,19 +146,18 @@ def probe_xen(system: System) -> XenImage:
 
 
 def xen_cmdline(system: System, dom0_options: list[str]) -> str:
-    return " ".join(part for part in [system.xen.cmdline, *dom0_options] if part)
+    extra = policy.xen_cmdline_options(system)
+    return " ".join(part for part in [system.xen.cmdline, *extra, *dom0_options] if part)
 
 
-def module_lines(
-    paths: Paths, modules: list[PlannedFile], command: str, *, kernel_argv0: str = ""
-) -> list[str]:
+def module_lines(paths: Paths, modules: list[PlannedFile], command: str) -> list[str]:
     """One load command per module: the kernel with its command line, initrds not unpacked
     (Xen and Linux want them as they are), the rest plain."""
     lines = []
     for module in modules:
         word = paths.add_module(module)
         if module.role is Role.KERNEL:
-            lines.append(f"{command} {word} {kernel_argv0}{words(module.cmdline)}".rstrip())
+            lines.append(f"{command} {word} {words(module.cmdline)}".rstrip())
         elif module.role is Role.RAMDISK:
             lines.append(f"{command} --nounzip {word}")
         else:

@@ -120,6 +120,24 @@ def lcm_tree(system: System, chain: Chain) -> fdt.DeviceTree:
     return tree
 
 
+def dom0_vcpus_option(system: System) -> list[str]:
+    """`dom0_max_vcpus=` for the hardware domain's vcpus: the v6 parser copies the LCM's
+    `cpus` after Xen has sized a PV dom0 ("Dom0 has maximum 2 VCPUs" on two host CPUs where
+    the LCM says 1), while Xen's own option takes effect. Refused beside the same option in
+    [xen] cmdline, as for a classic dom0."""
+    dom0 = system.hardware_domain
+    if dom0 is None or dom0.vcpus is None:
+        return []
+    options = policy.cmdline_options(system.xen.cmdline)
+    if "dom0_max_vcpus" in options:
+        raise HlimageError(
+            f"{policy.domain_label(dom0)} vcpus and [xen] cmdline both set dom0_max_vcpus "
+            f"({dom0.vcpus} and {options['dom0_max_vcpus'] or 'empty'}); keep one of them",
+            where=system.source,
+        )
+    return [f"dom0_max_vcpus={dom0.vcpus}"]
+
+
 def launch_tree_of(system: System) -> bytes:
     """The LCM of the description (`hlimage lcm` on x86), with a warning when the Xen it names
     cannot parse it."""
@@ -216,7 +234,7 @@ def multiboot2_stanza(system: System, layout: Layout, prelude: list[str]) -> Sta
         )
     chain = module_order(system)
     lcm = lcm_tree(system, chain).build()
-    xen_args = grub_entry.xen_cmdline(system, [])
+    xen_args = grub_entry.xen_cmdline(system, dom0_vcpus_option(system))
     entry.lines.append(f"multiboot2 {xen_path} placeholder {words(xen_args)} ${{xen_rm_opts}}")
     lcm_payload = BytesPayload(lcm, grub_entry.LCM_NAME)
     if layout.in_place:

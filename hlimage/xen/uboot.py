@@ -249,9 +249,11 @@ def plan(
         )
     bank_end = bank[0] + bank[1]
     limit = bank_end - uboot_reserve
+    # What the description reserves for domains and Xen's heap is off limits too: a module
+    # loaded there would be overwritten, or Xen would refuse the overlap.
     reserved = tuple(
         (start, size)
-        for start, size in reserved_ranges(tree)
+        for start, size in sorted(reserved_ranges(tree) + dom0less.static_regions(system))
         if start < bank_end and start + size > bank[0]
     )
     script = Slot("boot script / FIT", scriptaddr, script_size)

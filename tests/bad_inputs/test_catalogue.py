@@ -27,7 +27,7 @@ import pytest
 
 from hlimage.formats import compression, cpio
 from tests.conftest import run_cli
-from tests.support import payloads
+from tests.support import payloads, xen_images
 from tests.support.signing import key_and_certificate
 
 HERE = Path(__file__).parent
@@ -136,6 +136,18 @@ def _hyperlaunch_xen() -> bytes:
     hlimage looks for (no released Xen has the parser)."""
     plain = gzip.decompress((payloads.CACHE / "x86_64/xen.gz").read_bytes())
     return gzip.compress(plain + b"\0hypervisor,xen\0module-index\0", compresslevel=1, mtime=0)
+
+
+@functools.cache
+def _dtb_with_smmuv3() -> bytes:
+    from hlimage.formats import fdt
+
+    tree = fdt.parse((payloads.CACHE / payloads.ARM64_DTB).read_bytes())
+    smmu = tree.root.add_child(fdt.Node("smmuv3@9050000"))
+    smmu.set("compatible", fdt.string("arm,smmu-v3"))
+    smmu.set("reg", fdt.cells(0, 0x9050000, 0, 0x20000))
+    smmu.set("#iommu-cells", fdt.u32(1))
+    return tree.build()
 
 
 def _lz4_literal_block(data: bytes) -> bytes:
@@ -257,6 +269,12 @@ def make(directory: Path, scratch: Path, name: str, recipe: str) -> None:
             path.symlink_to(_unified(scratch))
         case "hyperlaunch-xen":  # xen.gz with the hyperlaunch parser's strings
             path.write_bytes(_hyperlaunch_xen())
+        case "restamped-xen":  # RELEASE [+CONFIG_X|-CONFIG_Y ...]: arm64 xen.efi saying so
+            release, *switches = argument.split()
+            options = {switch[1:]: switch[0] == "+" for switch in switches}
+            xen_images.restamped(path, release, options)
+        case "dtb-smmuv3":  # QEMU virt's tree with an SMMUv3, as -machine virt,iommu=smmuv3
+            path.write_bytes(_dtb_with_smmuv3())
         case _:
             raise AssertionError(f"unknown recipe {recipe!r} for {name}")
 

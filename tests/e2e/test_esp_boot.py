@@ -29,9 +29,11 @@ def test_arm64_dom0_and_two_domus(
     qemu_arm64: str, cache: Path, tmp_path: Path, boot_log: Path, xen_version: str
 ) -> None:
     guests = [Guest("guest1", "192M", 1), Guest("guest2", "256M", 2)]
-    esp = build_esp(descriptions.arm64(tmp_path, guests, xen=xen_version), tmp_path / "esp")
+    description = descriptions.arm64(tmp_path, guests, xen=xen_version)
+    esp = build_esp(description, tmp_path / "esp")
     outcome = boot(qemu_arm64, qemu.Media(esp_dir=esp), ["dom0", "guest1", "guest2"],
-                   log_path=boot_log, timeout=300)  # fmt: skip
+                   log_path=boot_log, timeout=300,
+                   cmdlines=descriptions.cmdlines(description))  # fmt: skip
     outcome.check()
     assert loaded_domus(outcome.output) == [(1, 192 * 1024), (2, 256 * 1024)]
     assert "LOADING DOMAIN 0" in outcome.output
@@ -41,13 +43,13 @@ def test_arm64_without_dom0(
     qemu_arm64: str, cache: Path, tmp_path: Path, boot_log: Path, xen_version: str
 ) -> None:
     guests = [Guest("guest1", "128M", 1), Guest("guest2", "160M", 2)]
-    esp = build_esp(
-        descriptions.arm64(tmp_path, guests, dom0=False, xen=xen_version), tmp_path / "esp"
-    )
+    description = descriptions.arm64(tmp_path, guests, dom0=False, xen=xen_version)
+    esp = build_esp(description, tmp_path / "esp")
     cfg = (esp / "EFI/BOOT/BOOTAA64.cfg").read_text()
     assert "kernel=" not in cfg and "dtb=xen.dtb" in cfg
     outcome = boot(qemu_arm64, qemu.Media(esp_dir=esp), ["guest1", "guest2"],
-                   log_path=boot_log, timeout=300)  # fmt: skip
+                   log_path=boot_log, timeout=300,
+                   cmdlines=descriptions.cmdlines(description))  # fmt: skip
     outcome.check()
     assert "dom0less mode detected" in outcome.output
     assert loaded_domus(outcome.output) == [(1, 128 * 1024), (2, 160 * 1024)]
@@ -56,7 +58,9 @@ def test_arm64_without_dom0(
 def test_x86_classic_esp(
     qemu_x86: str, cache: Path, tmp_path: Path, boot_log: Path, xen_version: str
 ) -> None:
-    esp = build_esp(descriptions.x86_classic(tmp_path, xen=xen_version), tmp_path / "esp")
-    outcome = boot(qemu_x86, qemu.Media(esp_dir=esp), ["dom0"], log_path=boot_log, timeout=240)
+    description = descriptions.x86_classic(tmp_path, xen=xen_version)
+    esp = build_esp(description, tmp_path / "esp")
+    outcome = boot(qemu_x86, qemu.Media(esp_dir=esp), ["dom0"], log_path=boot_log, timeout=240,
+                   cmdlines=descriptions.cmdlines(description))  # fmt: skip
     outcome.check()
     assert "Using builtin config file" not in outcome.output

@@ -16,12 +16,12 @@ def test_x86_grub_directory_on_an_esp(
     qemu_x86: str, cache: Path, tmp_path: Path, boot_log: Path, xen_version: str
 ) -> None:
     esp = tmp_path / "esp"
-    result = run_cli(
-        "build", descriptions.x86_classic(tmp_path, xen=xen_version), "-f", "grub", "-o", esp
-    )
+    description = descriptions.x86_classic(tmp_path, xen=xen_version)
+    result = run_cli("build", description, "-f", "grub", "-o", esp)
     assert result.code == 0, result.stderr
     install_loader(esp)
-    outcome = boot(qemu_x86, qemu.Media(esp_dir=esp), ["dom0"], log_path=boot_log, timeout=300)
+    outcome = boot(qemu_x86, qemu.Media(esp_dir=esp), ["dom0"], log_path=boot_log, timeout=300,
+                   cmdlines=descriptions.cmdlines(description))  # fmt: skip
     outcome.check()
     assert "Bootloader: GRUB" in outcome.output
 
@@ -36,7 +36,8 @@ def test_x86_grub_standalone_alone_on_an_esp(
     result = run_cli("build", description, "-f", "grub-standalone", "-o", image, "--no-manifest")
     assert result.code == 0, result.stderr
     assert [p.name for p in esp.rglob("*") if p.is_file()] == ["BOOTX64.EFI"]
-    outcome = boot(qemu_x86, qemu.Media(esp_dir=esp), ["dom0"], log_path=boot_log, timeout=300)
+    outcome = boot(qemu_x86, qemu.Media(esp_dir=esp), ["dom0"], log_path=boot_log, timeout=300,
+                   cmdlines=descriptions.cmdlines(description))  # fmt: skip
     outcome.check()
 
 
@@ -51,5 +52,6 @@ def test_arm64_grub_xen_hypervisor(
     result = run_cli("build", description, "-f", "grub-standalone", "-o", image, "--no-manifest",
                      "--grub-lib", cache / payloads.ARM64_GRUB)  # fmt: skip
     assert result.code == 0, result.stderr
-    outcome = boot(qemu_arm64, qemu.Media(esp_dir=esp), ["dom0"], log_path=boot_log, timeout=300)
+    outcome = boot(qemu_arm64, qemu.Media(esp_dir=esp), ["dom0"], log_path=boot_log, timeout=300,
+                   cmdlines=descriptions.cmdlines(description))  # fmt: skip
     outcome.check()

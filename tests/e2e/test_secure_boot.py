@@ -52,10 +52,12 @@ def build_image(directory: Path, xen_version: str, *, sign: bool) -> Path:
     return image
 
 
-def secure_boot(image: Path, log: Path) -> BootResult:
+def secure_boot(image: Path, log: Path, xen_version: str) -> BootResult:
     esp = image.parents[2]
+    description = esp.parent / "hlimage.toml"
     return boot(qemu.X86_64, qemu.Media(esp_dir=esp), ["dom0"], log_path=log, timeout=240,
-                secure_boot=True, stop_on=STOP_ON)  # fmt: skip
+                secure_boot=True, stop_on=STOP_ON,
+                cmdlines=descriptions.unified_x86_cmdlines(description, xen_version))  # fmt: skip
 
 
 def assert_refused(outcome: BootResult) -> None:
@@ -67,7 +69,7 @@ def assert_refused(outcome: BootResult) -> None:
 def test_signed_unified_image_boots(
     secure_firmware: str, tmp_path: Path, boot_log: Path, xen_version: str
 ) -> None:
-    outcome = secure_boot(build_image(tmp_path, xen_version, sign=True), boot_log)
+    outcome = secure_boot(build_image(tmp_path, xen_version, sign=True), boot_log, xen_version)
     outcome.check()
     assert outcome.stopped_by is None
     assert "Using builtin config file" in outcome.output
@@ -78,7 +80,9 @@ def test_signed_unified_image_boots(
 def test_unsigned_unified_image_is_refused(
     secure_firmware: str, tmp_path: Path, boot_log: Path, xen_version: str
 ) -> None:
-    assert_refused(secure_boot(build_image(tmp_path, xen_version, sign=False), boot_log))
+    assert_refused(
+        secure_boot(build_image(tmp_path, xen_version, sign=False), boot_log, xen_version)
+    )
 
 
 def test_changed_signed_image_is_refused(
@@ -95,7 +99,7 @@ def test_changed_signed_image_is_refused(
     at = data.index(b"loglvl=all", start, end)
     data[at : at + 10] = b"loglvl=non"
     image.write_bytes(bytes(data))
-    assert_refused(secure_boot(image, boot_log))
+    assert_refused(secure_boot(image, boot_log, xen_version))
 
 
 def test_signed_esp_boots(
@@ -111,6 +115,7 @@ def test_signed_esp_boots(
                      "--cert", SNAKEOIL_CERT, "--key-password-file", password)  # fmt: skip
     assert result.code == 0, result.stderr
     outcome = boot(qemu.X86_64, qemu.Media(esp_dir=esp), ["dom0"], log_path=boot_log,
-                   timeout=240, secure_boot=True, stop_on=STOP_ON)  # fmt: skip
+                   timeout=240, secure_boot=True, stop_on=STOP_ON,
+                   cmdlines=descriptions.cmdlines(description))  # fmt: skip
     outcome.check()
     assert "Secure boot enabled" in outcome.output

@@ -24,8 +24,9 @@ def test_unified_image_boots(
     description = descriptions.x86_classic(tmp_path, xen=xen_version)
     result = run_cli("build", description, "--format", "unified", "-o", image)
     assert result.code == 0, result.stderr
+    expected = descriptions.unified_x86_cmdlines(description, xen_version)
     outcome = boot(qemu_x86, qemu.Media(esp_dir=esp_with(image, tmp_path / "esp")), ["dom0"],
-                   log_path=boot_log, timeout=240)  # fmt: skip
+                   log_path=boot_log, timeout=240, cmdlines=expected)  # fmt: skip
     outcome.check()
     assert "Using builtin config file" in outcome.output
     assert "dom0_mem=512M" in outcome.output
@@ -46,7 +47,8 @@ def test_lz4_initrd_from_two_parts_boots(
     result = run_cli("build", path, "--format", "unified", "-o", image)
     assert result.code == 0, result.stderr
     outcome = boot(qemu_x86, qemu.Media(esp_dir=esp_with(image, tmp_path / "esp")), ["dom0"],
-                   log_path=boot_log, timeout=240)  # fmt: skip
+                   log_path=boot_log, timeout=240,
+                   cmdlines=descriptions.unified_x86_cmdlines(path, xen_version))  # fmt: skip
     outcome.check()
 
 
@@ -61,6 +63,7 @@ def test_arm64_unified_image_boots(
                      "--no-manifest")  # fmt: skip
     assert result.code == 0, result.stderr
     assert [p.name for p in esp.rglob("*") if p.is_file()] == ["BOOTAA64.EFI"]
-    outcome = boot(qemu_arm64, qemu.Media(esp_dir=esp), ["dom0"], log_path=boot_log, timeout=240)
+    outcome = boot(qemu_arm64, qemu.Media(esp_dir=esp), ["dom0"], log_path=boot_log, timeout=240,
+                   cmdlines=descriptions.cmdlines(description))  # fmt: skip
     outcome.check()
     assert "Using builtin config file" in outcome.output

@@ -114,3 +114,26 @@ def test_readme_names_every_inspect_and_check_key(cache: Path, tmp_path: Path) -
     check = json.loads(run_cli("check", "--json", description).stdout)
     assert all(set(verdict) == {"format", "problem"} for verdict in check)
     assert '{"format": "unified", "problem": null}' in README
+
+
+def test_readme_key_table_lists_every_key() -> None:
+    """Every key of the option tables has a row in the README's key table (with the release
+    that reads it, where one does), and the table names no key hlimage does not have."""
+    import re
+
+    from hlimage import config
+
+    section = README[README.index("| key | what Xen gets | Xen | build |") :]
+    table = section[: section.index("\n\n")]
+    rows = [line for line in table.splitlines() if line.startswith("| `")]
+    listed: set[tuple[str, str]] = set()
+    for row in rows:
+        first_cell = row.split("|")[1]
+        words = re.findall(r"`([^`]+)`", first_cell)
+        label, _, key = words[0].rpartition(" ")
+        name = label.strip("[]")
+        for word in [key, *words[1:]]:
+            listed.add((name, word))
+    known = {(name, option.key) for name, options in config.SECTIONS.items() for option in options}
+    assert known - listed == set(), "keys missing from the README's table"
+    assert listed - known == set(), "the README's table names keys hlimage does not have"

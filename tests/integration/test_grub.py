@@ -4,6 +4,7 @@ module order matches the LCM's indices; the grub.d plugin works as grub-mkconfig
 from __future__ import annotations
 
 import gzip
+import json
 import os
 import shutil
 import subprocess
@@ -48,7 +49,7 @@ def test_x86_classic_directory(cache: Path, tmp_path: Path) -> None:
     script_check(text, tmp_path)
     assert f"multiboot2 /{payloads.xen_gz().name} placeholder console=com1" in text
     assert "dom0_mem=512M ${xen_rm_opts}" in text
-    assert "module2 /vmlinuz placeholder console=hvc0 earlyprintk=xen\n" in text
+    assert "module2 /vmlinuz console=hvc0 earlyprintk=xen\n" in text
     assert "module2 --nounzip /dom0.cpio.gz\n" in text
     assert text.index("/vmlinuz") < text.index("/dom0.cpio.gz")  # the real initrd right after
     for name, source in (
@@ -64,7 +65,7 @@ def test_prefixes(cache: Path, tmp_path: Path) -> None:
                              ("/", "/vmlinuz")):  # fmt: skip
         result = run_cli("grub-config", description, "--prefix", prefix)
         assert result.code == 0, result.stderr
-        assert f"module2 {expected} placeholder" in result.stdout
+        assert f"module2 {expected} console=hvc0" in result.stdout
         script_check(result.stdout, tmp_path)
 
 
@@ -121,6 +122,37 @@ memory = "128M"
     # No arguments on module lines: the v6 parser takes bootargs only when they are empty.
     assert all(len(line.split()) <= 3 for line in cfg.splitlines() if "module2" in line)
     assert b"console=hvc0 earlyprintk=xen" in (tmp_path / "grub/lcm.dtb").read_bytes()
+    # The v6 parser sizes a PV dom0 before it reads `cpus`: Xen's own option does it.
+    xen_line = next(line for line in cfg.splitlines() if "multiboot2 " in line)
+    assert "dom0_max_vcpus=2" in xen_line.split()
+
+
+@pytest.mark.parametrize("domains", [1, 2])
+def test_every_output_carries_hyperlaunch_or_says_why_not(
+    cache: Path, tmp_path: Path, domains: int
+) -> None:
+    """With a Xen that has the parser: the GRUB formats and PXE (GRUB before 4.22) carry the
+    LCM; the EFI formats refuse, one domain or several, for the reason that holds."""
+    xen = hyperlaunch_xen(tmp_path)
+    description = descriptions.x86_classic(tmp_path, extra="vcpus = 1\n")
+    text = description.read_text().replace(str(payloads.xen_gz()), str(xen))
+    text = text.replace('arch = "x86_64"', 'arch = "x86_64"\nbinding = "hyperlaunch"')
+    if domains == 2:
+        text += f'\n[[domain]]\nname = "guest1"\nkernel = "{cache / "x86_64/vmlinuz"}"\n'
+        text += 'memory = "128M"\n'
+    description.write_text(text)
+    result = run_cli("check", "--json", description)
+    found = {v["format"]: v["problem"] for v in json.loads(result.stdout)}
+    assert found["grub"] is None and found["grub-standalone"] is None and found["pxe"] is None
+    for efi_format in ("unified", "esp", "disk"):
+        problem = found[efi_format] or ""
+        if domains == 1:
+            assert "needs the LCM, which Xen reads only as multiboot2 module 0" in problem
+        else:
+            assert "boots one domain" in problem or "carries one domain" in problem, problem
+        assert "--format grub or grub-standalone" in problem
+    stanza = run_cli("grub-config", description)
+    assert stanza.code == 0 and "dom0_max_vcpus=1" in stanza.stdout
 
 
 def test_hyperlaunch_refused_without_the_parser(cache: Path, tmp_path: Path) -> None:
@@ -206,7 +238,7 @@ cmdline = "root=/dev/sda1 ro"
     relative = subprocess.run(["grub-mkrelpath", str(boot)], capture_output=True, text=True,
                               check=True).stdout.strip()  # fmt: skip
     assert f"multiboot2 {relative}/xen-4.17-amd64.gz placeholder console=com1" in result.stdout
-    assert f"module2 {relative}/vmlinuz-6.12 placeholder root=/dev/sda1 ro" in result.stdout
+    assert f"module2 {relative}/vmlinuz-6.12 root=/dev/sda1 ro" in result.stdout
     assert "skipped" in result.stderr and "broken.toml" in result.stderr
     script_check(result.stdout, tmp_path)
 

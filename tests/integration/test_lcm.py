@@ -64,8 +64,7 @@ def libfdt_props(blob: bytes, path: str) -> dict[str, bytes]:
 def test_dom0less_tree(cache: Path, tmp_path: Path) -> None:
     guests = [
         Guest("guest1", "192M", 1, 'vpl011 = true\nenhanced = "enabled"\n'),
-        Guest("guest2", "256M", 2, 'vpl011 = true\nnr_spis = 16\n'
-                                   'static_mem = [["0x50000000", "64M"]]\ndirect_map = true\n'),
+        Guest("guest2", "256M", 2, "vpl011 = true\nnr_spis = 16\n"),
     ]  # fmt: skip
     blob = lcm_of(descriptions.arm64(tmp_path, guests), tmp_path)
     dts = dtc_clean(blob, tmp_path, ("guest1", "guest2"))
@@ -79,8 +78,6 @@ def test_dom0less_tree(cache: Path, tmp_path: Path) -> None:
     assert "capabilities" not in props  # none listed; and Xen 4.17 would not read them
     guest2 = libfdt_props(blob, "/chosen/guest2")
     assert guest2["cpus"] == fdt.u32(2) and guest2["nr_spis"] == fdt.u32(16)
-    assert guest2["xen,static-mem"] == fdt.cells(0, 0x50000000, 0, 64 << 20)
-    assert guest2["direct-map"] == b""
     kernel = libfdt_props(blob, "/chosen/guest1/kernel")
     assert kernel["compatible"] == b"multiboot,kernel\0multiboot,module\0"
     assert kernel["xen,uefi-binary"] == b"Image\0"
@@ -199,8 +196,9 @@ def test_hyperlaunch_chain_longer_than_xen_takes(cache: Path, tmp_path: Path) ->
          "(Xen 4.21 and newer do)"),
         (Guest("g", extra="direct_map = true\n"), True, "direct_map: needs static_mem"),
         (Guest("g", extra='passthrough = "enabled"\ncapabilities = ["hardware"]\n'), False,
-         "passthrough: not allowed on the hardware domain"),
-        (Guest("g", extra='cpupool = "pool0"\n'), True, "cpupool: [xen] dtb has no /chosen/pool0"),
+         # Capabilities first: Xen 4.17 reads none (test_dom0less_keys covers 4.22).
+         "capabilities: Xen 4.17 ([xen] efi) does not read capabilities"),
+        (Guest("g", extra='cpupool = "pool0"\n'), True, "[xen] dtb has no /chosen/pool0"),
         (Guest("dom0"), True, 'name: "dom0" is used by domain #1 too'),
     ],
 )  # fmt: skip
@@ -271,3 +269,40 @@ def test_x86_esp_tree_and_limits(cache: Path, tmp_path: Path) -> None:
     several = hyperlaunch_description(tmp_path / "several", 2)
     result = run_cli("build", several, "-f", "esp", "-o", tmp_path / "esp2")
     assert result.code == 2 and "an x86 ESP boots one domain" in result.stderr
+
+
+def test_x86_esp_for_xen_4_20_names_the_kernel_after_the_first_word(
+    cache: Path, tmp_path: Path
+) -> None:
+    """Xen 4.19 and newer hand dom0 the kernel= line's file name in front of its arguments
+    (efi_arch_handle_module; no longer stripped since ef2071d45b): a kernel file named after
+    the command line's first word makes the kernel= line the command line itself."""
+    description = descriptions.x86_classic(tmp_path, xen="4.20")
+    result = run_cli("build", description, "-f", "esp", "-o", tmp_path / "esp")
+    assert result.code == 0, result.stderr
+    boot_dir = tmp_path / "esp/EFI/BOOT"
+    assert sorted(p.name for p in boot_dir.iterdir()) == [
+        "BOOTX64.EFI", "BOOTX64.cfg", "console=hvc0", "dom0.cpio.gz"
+    ]  # fmt: skip
+    assert file_sha256(boot_dir / "console=hvc0") == file_sha256(cache / "x86_64/vmlinuz")
+    cfg = (boot_dir / "BOOTX64.cfg").read_text()
+    assert "\nkernel=console=hvc0 earlyprintk=xen\n" in cfg
+    # The disk's FAT holds the name too.
+    result = run_cli("build", description, "-f", "disk", "-o", tmp_path / "disk.img")
+    assert result.code == 0, result.stderr
+    listing = run_cli("inspect", "--json", tmp_path / "disk.img")
+    files = {f["path"] for f in json.loads(listing.stdout)["esp"]["files"]}
+    assert "EFI/BOOT/console=hvc0" in files
+
+
+def test_x86_esp_first_word_that_cannot_name_a_file(cache: Path, tmp_path: Path) -> None:
+    description = descriptions.x86_classic(tmp_path, xen="4.20")
+    text = description.read_text().replace(
+        'cmdline = "console=hvc0 earlyprintk=xen"', 'cmdline = "root=/dev/ram0 console=hvc0"'
+    )
+    description.write_text(text)
+    result = run_cli("build", description, "-f", "esp", "-o", tmp_path / "esp")
+    assert result.code == 0, result.stderr
+    assert 'dom0 gets "vmlinuz root=/dev/ram0 console=hvc0"' in result.stderr
+    cfg = (tmp_path / "esp/EFI/BOOT/BOOTX64.cfg").read_text()
+    assert "\nkernel=vmlinuz root=/dev/ram0 console=hvc0\n" in cfg

@@ -13,7 +13,7 @@ import pytest
 from hlimage import scaffold
 from hlimage.formats import fdt
 from tests.conftest import require, run_cli
-from tests.support import staging
+from tests.support import staging, xen_images
 
 ROOT = Path(__file__).resolve().parents[2]
 TEMPLATES = ("arm64-dom0less", "arm64-no-dom0", "x86-classic", "x86-hyperlaunch")
@@ -122,3 +122,27 @@ def test_init_names_the_templates_and_what_to_edit(tmp_path: Path) -> None:
         result.stdout
     )
     assert f"hlimage build {tmp_path / 'new' / 'hlimage.toml'} --format esp" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("options", "refusal"),
+    [
+        ({"CONFIG_STATIC_MEMORY": True}, None),
+        ({}, '"hwdom" direct_map: the Xen image was built without CONFIG_STATIC_MEMORY'),
+    ],
+)
+def test_no_dom0_template_on_a_xen_4_22(
+    cache: Path, tmp_path: Path, options: dict[str, bool], refusal: str | None
+) -> None:
+    """What the template needs besides Xen 4.21: static memory for its direct-mapped hardware
+    domain (QEMU virt has no IOMMU). Checked against stand-ins for 4.22 builds with and
+    without CONFIG_STATIC_MEMORY (booted for real in docs/, VERIFIED-RUN)."""
+    _, description = start("arm64-no-dom0", tmp_path / "system")
+    xen_images.restamped(tmp_path / "system/xen.efi", "4.22.0", options)
+    code, found = verdicts(description)
+    for output_format in ("esp", "disk"):
+        if refusal is None:
+            assert found[output_format] is None, found[output_format]
+        else:
+            assert refusal in (found[output_format] or ""), found[output_format]
+    assert code == (0 if refusal is None else 2)

@@ -11,12 +11,16 @@ import signal
 import subprocess
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from hlimage import qemu
-from tests.support.payloads import marker
+from tests.support.payloads import CMDLINE_PREFIX, marker
+
+# What a marker initramfs prints: its /proc/cmdline in brackets (the last ']' on the line
+# closes it, so a command line may hold brackets itself).
+CMDLINE_LINE = re.compile(re.escape(CMDLINE_PREFIX) + r"([^\[\s]+)\[(.*)\]\r*$", re.MULTILINE)
 
 # Lines after which nothing good comes (docs/qemu-boot.md, "Traps"); `noreboot` keeps QEMU running.
 FATAL = (
@@ -42,6 +46,8 @@ class BootResult:
     returncode: int | None
     log_path: Path
     output: str = field(repr=False)
+    cmdlines: Mapping[str, str] = field(default_factory=dict)
+    """What each domain's /proc/cmdline must be."""
 
     @property
     def missing(self) -> list[str]:
@@ -50,13 +56,28 @@ class BootResult:
     def tail(self, lines: int = 60) -> str:
         return "\n".join(self.output.splitlines()[-lines:])
 
+    def seen_cmdlines(self) -> dict[str, str]:
+        """Each domain's /proc/cmdline as it printed it (the first time)."""
+        found: dict[str, str] = {}
+        for match in CMDLINE_LINE.finditer(self.output):
+            found.setdefault(match.group(1), match.group(2))
+        return found
+
     def check(self) -> None:
-        """Fail the test unless every marker appeared, with the console's end to read."""
+        """Fail the test unless every marker appeared and every domain's /proc/cmdline is
+        the one expected, with the console's end to read."""
         if self.missing or self.fatal:
             reason = f"fatal console line {self.fatal!r}" if self.fatal else "timed out"
             raise AssertionError(
                 f"boot did not print {self.missing} ({reason} after {self.elapsed:.0f} s; "
                 f"full log {self.log_path}):\n{self.tail()}"
+            )
+        seen = self.seen_cmdlines()
+        for name, expected in self.cmdlines.items():
+            assert name in seen, f"{name} printed no /proc/cmdline (full log {self.log_path})"
+            assert seen[name] == expected, (
+                f"{name}'s /proc/cmdline is {seen[name]!r}, the description says {expected!r} "
+                f"(full log {self.log_path})"
             )
 
 
@@ -73,13 +94,16 @@ def boot(
     memory: str = "2G",
     command: Sequence[str] | None = None,
     until_exit: bool = False,
+    cmdlines: Mapping[str, str],
 ) -> BootResult:
     """Boot and wait for `marker(name)` of every name in `domains`.
 
     `stop_on` are console strings that end the run early without being fatal (a firmware that
     refuses an image, say); the one seen is in `stopped_by`. `command` runs instead of QEMU
     (`hlimage run`, which starts QEMU itself; `media` is then unused), and `until_exit` keeps
-    reading after the markers until it exits by itself, for its `returncode`.
+    reading after the markers until it exits by itself, for its `returncode`. `cmdlines`:
+    what each domain's /proc/cmdline must be for `check` to pass (descriptions.cmdlines gives
+    the description's; a test whose Xen cannot pass one exactly says so with its own value).
     """
     qemu.check_tools(arch, secure_boot=secure_boot)
     expected = {marker(name): name for name in domains}
@@ -156,6 +180,7 @@ def boot(
         returncode=process.returncode,
         log_path=log_path,
         output=text,
+        cmdlines=dict(cmdlines),
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -101,3 +102,22 @@ memory = "{memory}"
 {extra}"""
     )
     return path
+
+
+def cmdlines(description: Path, domains: Sequence[str] | None = None) -> dict[str, str]:
+    """What each domain's /proc/cmdline must be: the description's `cmdline`, exactly (all
+    domains, or those named)."""
+    from hlimage import config
+
+    system = config.load(description)
+    return {d.name: d.cmdline for d in system.domains if domains is None or d.name in domains}
+
+
+def unified_x86_cmdlines(description: Path, xen_version: str) -> dict[str, str]:
+    """dom0's /proc/cmdline from an x86 unified image: since Xen 4.19 the EFI loader no
+    longer strips the module's name and hands dom0 the section's, "kernel", as the line's first
+    word, whatever xen.cfg says (README, "Exact command lines")."""
+    expected = cmdlines(description)
+    if tuple(int(part) for part in xen_version.split(".")) >= (4, 19):
+        expected["dom0"] = f"kernel {expected['dom0']}".rstrip()
+    return expected

@@ -243,8 +243,9 @@ $B mkdir -p /proc /sys /dev
 $B mount -t proc proc /proc
 $B mount -t sysfs sys /sys
 $B mount -t devtmpfs dev /dev
+CMDLINE="$($B cat /proc/cmdline)"
 for t in /dev/console /dev/hvc0 /dev/ttyAMA0 /dev/ttyS0; do
-  [ -c $t ] && echo "{marker}" > $t
+  [ -c $t ] && echo "{cmdline_prefix}[$CMDLINE]" > $t && echo "{marker}" > $t
 done
 $B sleep {linger}
 echo o > /proc/sysrq-trigger
@@ -256,8 +257,18 @@ def marker(name: str) -> str:
     return MARKER_PREFIX + name
 
 
+CMDLINE_PREFIX = "HLIMAGE-CMDLINE:"
+
+
+def cmdline_prefix(name: str) -> str:
+    """What the marker initramfs prints before its /proc/cmdline, in brackets: the line the
+    boot tests compare with the description's cmdline."""
+    return CMDLINE_PREFIX + name
+
+
 def initramfs_cpio(arch: str, name: str, linger: int = 1) -> bytes:
-    """An uncompressed newc archive whose /init prints marker(name) and powers off `linger`
+    """An uncompressed newc archive whose /init prints its /proc/cmdline and marker(name) and
+    powers off `linger`
     seconds later. A hardware domain that powers off halts the machine, so beside other domains
     it lingers until they have printed theirs (the boot helper stops QEMU once every marker
     is seen, so lingering costs nothing)."""
@@ -271,7 +282,11 @@ def initramfs_cpio(arch: str, name: str, linger: int = 1) -> bytes:
         cpio.regular("bin/busybox", busybox, 0o755),
         cpio.symlink("bin/sh", "busybox"),
         cpio.regular(
-            "init", INIT_SCRIPT.format(marker=marker(name), linger=linger).encode(), 0o755
+            "init",
+            INIT_SCRIPT.format(
+                marker=marker(name), cmdline_prefix=cmdline_prefix(name), linger=linger
+            ).encode(),
+            0o755,
         ),
     ]
     return cpio.build(entries)

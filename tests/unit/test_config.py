@@ -13,8 +13,13 @@ from hlimage.model import (
     Arch,
     Binding,
     Capability,
+    CpuPool,
+    EventChannel,
     InitrdCompression,
+    MemoryRange,
     Mode,
+    SharedMemory,
+    ShmRole,
     System,
 )
 from hlimage.xen import binding
@@ -33,6 +38,13 @@ multiboot = "xen.gz"
 cmdline = "console=dtuart"
 xsm = "xenpolicy"
 dtb = "board.dtb"
+static_heap = [["0x70000000", "64M"]]
+colors = "0-1"
+
+[[cpupool]]
+name = "pool1"
+cpus = ["cpu@1", "cpu@2"]
+scheduler = "credit2"
 
 [[domain]]
 name = "dom0"
@@ -58,6 +70,18 @@ direct_map = true
 cpupool = "pool1"
 colors = "0-3"
 nr_spis = 32
+max_grant_version = 1
+max_grant_frames = 32
+max_maptrack_frames = 0
+sve = 512
+shared_mem = [
+  { id = "shm0", host = "0x60000000", guest = "0x50000000", size = "16M", role = "owner" },
+  { id = "shm1", guest = "0x52000000", size = "2M" },
+]
+event_channels = [{ port = 10, peer = "dom0", peer_port = 20 }]
+vcpu_affinity = ["0-1", "3"]
+trap_unmapped_accesses = true
+sci_type = "scmi_smc"
 """
 
 FILES = (
@@ -110,6 +134,21 @@ def test_every_key_reaches_the_model(folder: Path) -> None:
     assert guest.static_mem[0].address == 0x50000000 and guest.static_mem[0].size == 256 << 20
     assert guest.direct_map and guest.cpupool == "pool1" and guest.colors == "0-3"
     assert guest.nr_spis == 32
+    assert (guest.max_grant_version, guest.max_grant_frames, guest.max_maptrack_frames) == (
+        1,
+        32,
+        0,
+    )
+    assert guest.sve == 512 and guest.trap_unmapped_accesses is True
+    assert guest.sci_type == "scmi_smc" and guest.vcpu_affinity == ("0-1", "3")
+    assert guest.shared_mem == (
+        SharedMemory("shm0", 0x50000000, 16 << 20, 0x60000000, ShmRole.OWNER),
+        SharedMemory("shm1", 0x52000000, 2 << 20),
+    )
+    assert guest.event_channels == (EventChannel(10, "dom0", 20),)
+    assert system.xen.static_heap == (MemoryRange(0x70000000, 64 << 20),)
+    assert system.xen.colors == "0-1"
+    assert system.cpupools == (CpuPool("pool1", ("cpu@1", "cpu@2"), "credit2"),)
     assert guest.capabilities == frozenset()
     assert system.hardware_domain is dom0 and system.domus == (guest,)
 
@@ -184,7 +223,7 @@ def test_mode_and_sizes(folder: Path) -> None:
          '[image] arch: "riscv" is not one of x86_64, arm64'),
         (('arch = "x86_64"', ""), "[image] arch: is missing; add arch = ..."),
         (('[xen]', '[hypervisor]'),
-         '[hypervisor]: unknown section; known sections: image, xen, domain'),
+         '[hypervisor]: unknown section; known sections: image, xen, domain, cpupool'),
         (('efi = "xen.efi"', 'efi = "xen.efi"\nefii = 1'),
          '[xen] efii: unknown key; did you mean "efi"?'),
         (('kernel = "Image"', 'kernel = "Image"\ninitrd = []'),
@@ -196,6 +235,59 @@ def test_mode_and_sizes(folder: Path) -> None:
         (('kernel = "Image"\n', 'kernel = "Image"\n[[domain]]\nname = "dom0"\nkernel = "Image"\n'),
          '[[domain]] "dom0" name: "dom0" is used by domain #1 too; give every domain its own name'),
         (('kernel = "Image"', ""), '[[domain]] "dom0" kernel: is missing; add kernel = ...'),
+        (('name = "dom0"', 'name = "dom0"\nsve = 100'),
+         '[[domain]] "dom0" sve: 100 is not an SVE vector length; give the length in bits, a '
+         "multiple of 128 up to 2048 (0: off), like 256"),
+        (('name = "dom0"', 'name = "dom0"\nmax_grant_version = 3'),
+         '[[domain]] "dom0" max_grant_version: expected a whole number from 1 to 2, got 3'),
+        (('name = "dom0"', 'name = "dom0"\nmax_grant_frames = 0'),
+         '[[domain]] "dom0" max_grant_frames: expected a whole number from 1 to 2147483647'),
+        (('name = "dom0"', 'name = "dom0"\nvcpu_affinity = ["0-"]'),
+         '[[domain]] "dom0" vcpu_affinity[0]: "0-" is not a list of physical CPUs'),
+        (('name = "dom0"', 'name = "dom0"\nvcpu_affinity = ["3-1"]'),
+         '[[domain]] "dom0" vcpu_affinity[0]: "3-1" is not a list of physical CPUs'),
+        (('name = "dom0"', 'name = "dom0"\ncolors = "red"'),
+         '[[domain]] "dom0" colors: "red" is not a list of LLC colours'),
+        (('name = "dom0"', 'name = "dom0"\nsci_type = "scmi"'),
+         '[[domain]] "dom0" sci_type: "scmi" is not one of none, scmi_smc'),
+        (('name = "dom0"', 'name = "dom0"\nshared_mem = [{ id = "x", guest = "0x1000" }]'),
+         '[[domain]] "dom0" shared_mem[0].size: is missing'),
+        (('name = "dom0"', 'name = "dom0"\nshared_mem = [{ id = "x", guest = 1, size = "1M" }]'),
+         '[[domain]] "dom0" shared_mem[0].guest: 1 is not a multiple of 4 KiB'),
+        (('name = "dom0"',
+          'name = "dom0"\nshared_mem = [{ id = "0123456789abcdef", guest = 0, size = "1M" }]'),
+         '[[domain]] "dom0" shared_mem[0].id: "0123456789abcdef" is not a usable id; give 1 to 15'),
+        (('name = "dom0"', 'name = "dom0"\nshared_mem = [{ id = "x", guest = 0, size = "1M", '
+                           'owner = true }]'),
+         '[[domain]] "dom0" shared_mem[0].owner: unknown key; known keys: id, host, guest, size, '
+         "role"),
+        (('name = "dom0"', 'name = "dom0"\nshared_mem = [{ id = "x", guest = 0, size = "1M", '
+                           'role = "lender" }]'),
+         '[[domain]] "dom0" shared_mem[0].role: "lender" is not one of owner, borrower'),
+        (('name = "dom0"', 'name = "dom0"\nevent_channels = [{ port = 1, peer = "dom1", '
+                           'peer_port = 2 }]'),
+         '[[domain]] "dom0" event_channels[0].peer: no domain is named "dom1"; did you mean '
+         '"dom0"?'),
+        (('name = "dom0"', 'name = "dom0"\nevent_channels = [{ port = 1, peer = "dom0", '
+                           'peer_port = 2 }]'),
+         '[[domain]] "dom0" event_channels[0].peer: a static event channel joins two domains'),
+        (('name = "dom0"', 'name = "dom0"\nevent_channels = [{ port = 0, peer = "dom0", '
+                           'peer_port = 2 }]'),
+         '[[domain]] "dom0" event_channels[0].port: expected a whole number from 1 to 4095'),
+        (('name = "dom0"', 'name = "dom0"\nevent_channels = { port = 1 }'),
+         '[[domain]] "dom0" event_channels: expected a non-empty list of tables, got a table'),
+        (('[xen]', '[[cpupool]]\nname = "p"\ncpus = []\n[xen]'),
+         '[[cpupool]] "p" cpus: expected a non-empty list of node names, got a list'),
+        (('[xen]', '[[cpupool]]\nname = "p"\ncpus = ["cpu@0"]\nscheduler = "bvt"\n[xen]'),
+         '[[cpupool]] "p" scheduler: "bvt" is not one of credit, credit2, rtds, arinc653, null'),
+        (('[xen]', '[[cpupool]]\nname = "p"\ncpus = ["cpu@0"]\n[[cpupool]]\nname = "q"\n'
+                   'cpus = ["cpu@0"]\n[xen]'),
+         '[[cpupool]] "q" cpus: cpu@0 also in pool "p"; Xen panics "Logical cpu ... already '
+         'added to a cpupool!": put each CPU in one pool'),
+        (('[xen]', '[[cpupool]]\ncpus = ["cpu@0"]\n[xen]'),
+         '[[cpupool]] #1 name: is missing'),
+        (('efi = "xen.efi"', 'efi = "xen.efi"\nstatic_heap = [["0x1000"]]'),
+         "[xen] static_heap: ['0x1000'] is not an [address, size] pair"),
     ],
 )  # fmt: skip
 def test_mistakes_name_the_key(folder: Path, change: tuple[str, str], expected: str) -> None:

@@ -173,7 +173,7 @@ def test_unified_over_the_network_from_4_22_for_classic_only() -> None:
 
 
 def test_dom0less_nodes_carry_the_domains_settings() -> None:
-    one = guest("g1", vpl011=True, enhanced="enabled", nr_spis=8,
+    one = guest("g1", vpl011=True, enhanced="enabled", nr_spis=8, memory=0x10000000,
                 static_mem=(MemoryRange(0x50000000, 0x10000000),), direct_map=True)  # fmt: skip
     described = system(Arch.ARM64, dom0(), one)
     tree = fdt.DeviceTree()
@@ -181,7 +181,7 @@ def test_dom0less_nodes_carry_the_domains_settings() -> None:
     node = tree.node("/chosen/g1")
     assert node is not None
     assert fdt.as_strings(node.get("compatible") or b"") == ["xen,domain"]
-    assert fdt.as_u64(node.get("memory") or b"") == 128 * 1024
+    assert fdt.as_u64(node.get("memory") or b"") == 256 * 1024
     assert fdt.as_u32(node.get("cpus") or b"") == 1
     assert node.get("vpl011") == b"" and node.get("direct-map") == b""
     assert fdt.as_string(node.get("xen,enhanced") or b"") == "enabled"
