@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -28,6 +29,7 @@ def build(
     options = options or BuildOptions()
     chosen = registry.get(output_format)
     registry.refuse_options(chosen, options)
+    chosen = registry.with_options(chosen, options)
     if output.name in ("", ".", ".."):
         # `-o .`: the directory by its own name, for the manifest beside it and the temporaries.
         output = Path(os.path.abspath(output))
@@ -38,8 +40,10 @@ def build(
         # Signing wraps the format's own build.
         from hlimage import trust
 
-        def plain(system_: System, target: Path) -> BuildReport:
-            return chosen.build(system_, target, options)
+        def plain(system_: System, target: Path, key: SigningKey | None = None) -> BuildReport:
+            # A key is passed only to a format that signs its own output (Signing.SELF).
+            given = options if key is None else replace(options, signing=key)
+            return chosen.build(system_, target, given)
 
         report = trust.build_signed(system, chosen, output, signing, plain)
     if manifest:

@@ -313,20 +313,30 @@ def check(config: Path, as_json: bool) -> None:
     """Validate CONFIG against the images it names, writing nothing: which formats can carry
     it, and why the others cannot. Exit 2 when none can.
 
-    --json prints a list of {"format": NAME, "problem": TEXT or null}, one per format.
+    The U-Boot formats (uboot, fit) print their memory map below their verdict: where each
+    file is loaded, the host tree's reserved ranges and the top of RAM kept for U-Boot.
+
+    --json prints a list of {"format": NAME, "problem": TEXT or null}, one per format, with
+    "details": [LINE, ...] where the format has them (the memory map).
     """
     from hlimage.verdict import verdicts as format_verdicts
 
     verdicts = format_verdicts(_load(config))
     if as_json:
-        click.echo(
-            json.dumps([{"format": v.format, "problem": v.problem} for v in verdicts], indent=2)
-        )
+        listed: list[dict[str, Any]] = []
+        for v in verdicts:
+            entry: dict[str, Any] = {"format": v.format, "problem": v.problem}
+            if v.details:
+                entry["details"] = list(v.details)
+            listed.append(entry)
+        click.echo(json.dumps(listed, indent=2))
     else:
         for verdict in verdicts:
             click.echo(
                 f"{verdict.format:<16} {'ok' if verdict.problem is None else verdict.problem}"
             )
+            for line in verdict.details:
+                click.echo(f"{'':<17}{line}")
     if all(verdict.problem is not None for verdict in verdicts):
         sys.exit(2)
 

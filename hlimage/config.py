@@ -268,6 +268,20 @@ def memory_ranges(where: Field, value: object) -> tuple[MemoryRange, ...]:
     return tuple(ranges)
 
 
+def address(where: Field, value: object) -> int:
+    """A physical address: a whole number, or a string in hex like "0x40200000"."""
+    fix = 'write it as a number or a hex string, like "0x40200000"'
+    parsed = value
+    if isinstance(value, str):
+        try:
+            parsed = int(value, 0)
+        except ValueError:
+            raise where.fail(f"{_show(value)} is not an address", fix) from None
+    if isinstance(parsed, bool) or not isinstance(parsed, int) or not 0 <= parsed < 1 << 64:
+        raise where.fail(f"{_show(value)} is not an address", fix)
+    return parsed
+
+
 def sbat_file(where: Field, value: object) -> Path:
     from hlimage.errors import FormatError
     from hlimage.formats import sbat
@@ -290,6 +304,17 @@ IMAGE_OPTIONS = (
     ),
     Option("name", name, "short name for menu entry ids and file names (default: xen)"),
     Option("title", text, "menu entry title (default: 'Xen' and the name)"),
+    Option(
+        "uboot_scriptaddr",
+        address,
+        "U-Boot: the board's scriptaddr, where U-Boot reads boot.scr (default 0x40200000)",
+    ),
+    Option(
+        "uboot_reserve",
+        size,
+        "U-Boot: the top of RAM U-Boot keeps for itself, which nothing is loaded into "
+        "(default 64M)",
+    ),
 )
 
 XEN_OPTIONS = (
@@ -444,4 +469,6 @@ def from_document(path: Path, document: Mapping[str, Any]) -> System:
         domains=domains,
         name=image.get("name", "xen"),
         title=image.get("title"),
+        uboot_scriptaddr=image.get("uboot_scriptaddr"),
+        uboot_reserve=image.get("uboot_reserve"),
     )

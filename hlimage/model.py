@@ -112,6 +112,10 @@ class System:
     name: str = "xen"
     """Used for menu entry titles and ids."""
     title: str | None = None
+    uboot_scriptaddr: int | None = None
+    """Where the board's U-Boot reads a boot script (its `scriptaddr`): None for QEMU virt's."""
+    uboot_reserve: int | None = None
+    """Bytes at the top of the RAM bank that U-Boot keeps for itself: None for the default."""
 
     @property
     def hardware_domain(self) -> Domain | None:

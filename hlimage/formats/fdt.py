@@ -443,6 +443,19 @@ class _StructureWriter:
         self.token(Token.build({"token": FDT_END_NODE, "body": None}), FDT_END_NODE, path, "")
 
 
+def padded(blob: bytes, size: int) -> bytes:
+    """`blob` with zeros after its strings up to `size` bytes, counted in its totalsize (the
+    free space `dtc -S SIZE` leaves), so that a blob's size can be fixed before its content."""
+    header = Header.parse(blob)
+    if header.totalsize != len(blob):
+        raise FormatError(f"device tree of {len(blob)} bytes says totalsize {header.totalsize}")
+    if size < len(blob):
+        raise FormatError(f"a {len(blob)}-byte device tree does not fit in {size} bytes")
+    if size > U32_MAX:
+        raise FormatError(f"the device tree would be {size} bytes: more than 4 GiB")
+    return blob[:4] + size.to_bytes(4, "big") + blob[8:] + bytes(size - len(blob))
+
+
 def parse(data: bytes) -> DeviceTree:
     """Read a v16 or v17 blob. Raises FormatError, and only that, for anything else.
 

@@ -29,6 +29,13 @@ FATAL = (
     "UiApp",
     "Couldn't obtain the File System",
     "Synchronous Exception",
+    # U-Boot (docs/uboot.md): a script or an image it refused, or hlimage's script giving up.
+    "SCRIPT FAILED",
+    "Bad Data Hash",
+    "Bad FIT image format",
+    "can't get kernel image",
+    "Wrong Image Format",
+    "; Xen not started",
 )
 
 
@@ -73,15 +80,17 @@ def boot(
     memory: str = "2G",
     command: Sequence[str] | None = None,
     until_exit: bool = False,
+    uboot: bool = False,
 ) -> BootResult:
     """Boot and wait for `marker(name)` of every name in `domains`.
 
     `stop_on` are console strings that end the run early without being fatal (a firmware that
     refuses an image, say); the one seen is in `stopped_by`. `command` runs instead of QEMU
     (`hlimage run`, which starts QEMU itself; `media` is then unused), and `until_exit` keeps
-    reading after the markers until it exits by itself, for its `returncode`.
+    reading after the markers until it exits by itself, for its `returncode`. `uboot` boots
+    arm64 with Debian's U-Boot as firmware, and no key is ever pressed (stdin is closed).
     """
-    qemu.check_tools(arch, secure_boot=secure_boot)
+    qemu.check_tools(arch, secure_boot=secure_boot, uboot=uboot)
     expected = {marker(name): name for name in domains}
     with tempfile.TemporaryDirectory(prefix="hlimage-boot-") as scratch:
         if command is not None:
@@ -91,8 +100,9 @@ def boot(
             if arch == qemu.X86_64:
                 vars_copy = qemu.prepare_vars(Path(scratch) / "vars.fd", secure_boot=secure_boot)
             argv = qemu.command(
-                arch, media, vars_copy=vars_copy, secure_boot=secure_boot, memory=memory
-            )
+                arch, media, vars_copy=vars_copy, secure_boot=secure_boot, memory=memory,
+                uboot=uboot,
+            )  # fmt: skip
         started = time.monotonic()
         process = subprocess.Popen(
             argv,
