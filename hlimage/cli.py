@@ -110,7 +110,8 @@ def cli(quiet: bool) -> None:
 @click.option(
     "--key",
     type=click.Path(path_type=Path),
-    help="Sign for Secure Boot with this PEM private key (unified, esp, disk); needs --cert.",
+    help="Sign for Secure Boot with this PEM private key (unified, esp, disk), or a FIT's "
+    "configuration for U-Boot's verified boot (fit); needs --cert.",
 )
 @click.option(
     "--cert", type=click.Path(path_type=Path), help="The PEM certificate of the --key key."
@@ -132,6 +133,12 @@ def cli(quiet: bool) -> None:
     help="grub-standalone, pxe: GRUB's module directory (default "
     "/usr/lib/grub/x86_64-efi or arm64-efi).",
 )
+@click.option(
+    "--loader",
+    type=click.Choice(["uefi", "uboot", "fit"]),
+    help="disk, pxe: what boots it: UEFI firmware (default), or U-Boot through a boot script "
+    "and the files (uboot) or one FIT image (fit).",
+)
 def build(
     config: Path,
     output_format: str,
@@ -144,6 +151,7 @@ def build(
     no_manifest: bool,
     prefix: str | None,
     grub_lib: Path | None,
+    loader: str | None,
 ) -> None:
     """Build boot media from the description CONFIG in the format FORMAT (listed below).
 
@@ -166,7 +174,9 @@ def build(
             )
     signing = _signing_key(key, cert, key_password_file)
     system = _load(config)
-    options = BuildOptions(replace=replace, size=size_bytes, prefix=prefix, grub_lib=grub_lib)
+    options = BuildOptions(
+        replace=replace, size=size_bytes, prefix=prefix, grub_lib=grub_lib, loader=loader
+    )
     report = build_module.build(
         system, output_format, output, options, signing=signing, manifest=not no_manifest
     )

@@ -1,6 +1,8 @@
 """`--format disk`: a GPT disk image whose one EFI System Partition holds the `esp` tree.
 
-`dd` it to a USB stick. The partition starts at 1 MiB; its FAT volume is written front to back
+`dd` it to a USB stick. With `--loader uboot` the partition holds the U-Boot tree (the uboot
+format's files) and with `--loader fit` the FIT as /boot.scr, which U-Boot's default boot finds
+on partition 1. The partition starts at 1 MiB; its FAT volume is written front to back
 by the FAT writer, file data streamed straight into its clusters, so no loop device, root or
 mkfs is needed. Free space is left as holes: the image is sparse.
 """
@@ -11,21 +13,23 @@ import contextlib
 import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from hlimage.atomic import TEMP_MARK, atomic_file
 from hlimage.errors import FormatError, HlimageError
 from hlimage.formats import fat, gpt
 from hlimage.model import System
-from hlimage.outputs import esp, registry
-from hlimage.planned import PlannedFile
-from hlimage.report import BuildReport
+from hlimage.outputs import esp, registry, uboot
+from hlimage.planned import PlannedFile, Role
+from hlimage.report import Artifact, BuildReport
 from hlimage.source_date import source_date_epoch
 from hlimage.streams import Payload, Region, copy_stream
 
 MIB = 1 << 20
 LABEL = "HLIMAGE"
 PARTITION_NAME = "EFI System Partition"
+FIT_FILE = "boot.scr"
+"""Where U-Boot's default boot looks on a disk: a FIT there is its own boot script."""
 # What follows the last partition: the backup entry array and the backup header.
 BACKUP_GPT_BYTES = (gpt.entry_array_sectors(gpt.SECTOR) + 1) * gpt.SECTOR
 
@@ -159,15 +163,54 @@ def _self_check(
         raise AssertionError(f"disk writer bug: read back {partitions} {listed}, meant {meant}")
 
 
-def build(system: System, output: Path, *, size: int | None = None) -> BuildReport:
-    files = esp.files(system)
+def _write_files(
+    files: Sequence[PlannedFile], output: Path, size: int | None
+) -> dict[str, fat.WrittenFile]:
+    """The disk image of `files` at `output`; what was written, by path."""
     timestamp = source_date_epoch()
-    report = BuildReport("disk", output)
     with atomic_file(output) as out, _sized(files, output) as sized:
         volume, disk_size = plan_volume(sized, size)
         partition, written = write(out, volume, disk_size, timestamp=timestamp)
         _self_check(out, partition, written)
-    by_path = {item.path: item for item in written}
+    return {item.path: item for item in written}
+
+
+def build(
+    system: System,
+    output: Path,
+    *,
+    size: int | None = None,
+    loader: str | None = None,
+    signing: Any = None,
+) -> BuildReport:
+    """The disk image; `loader` "uboot" or "fit" fills its partition for U-Boot instead of
+    UEFI: U-Boot's default boot scans partition 1 for /boot.scr.uimg and /boot.scr
+    (docs/uboot.md), and the ESP type is one it scans."""
+    report = BuildReport("disk", output)
+    if loader == "fit":
+        from hlimage.formats.fit import FitPayload
+        from hlimage.outputs import fit as fit_output
+
+        signer = fit_output.signer_of(signing)
+        with uboot.spooled(uboot.modules(system), output) as sized:
+            planned = fit_output.boot(system, sized, signer=signer)
+            payload = FitPayload(planned.fit, signer, label=FIT_FILE)
+            item = PlannedFile(FIT_FILE, payload, Role.BOOT)
+            result = _write_files([item], output, size)[FIT_FILE]
+        assert payload.result is not None
+        how = "FIT: Xen, its device tree, every module and the boot script"
+        report.artifacts = [
+            Artifact(FIT_FILE, Role.BOOT.value, result.size, result.sha256, how),
+            *fit_output.artifacts(planned, payload.result.sha256, prefix=f"{FIT_FILE}:"),
+        ]
+        return report
+    if loader == "uboot":
+        with uboot.planned_files(system, output) as planned_tree:
+            files = planned_tree.files
+            by_path = _write_files(files, output, size)
+    else:
+        files = esp.files(system)
+        by_path = _write_files(files, output, size)
     for item in files:
         result = by_path[item.name]
         report.artifacts.append(esp.artifact(item, result.size, result.sha256))
@@ -175,18 +218,25 @@ def build(system: System, output: Path, *, size: int | None = None) -> BuildRepo
 
 
 def _build(system: System, output: Path, options: registry.BuildOptions) -> BuildReport:
-    return build(system, output, size=options.size)
+    return build(
+        system, output, size=options.size, loader=_loader(options), signing=options.signing
+    )
+
+
+def _loader(options: registry.BuildOptions) -> str | None:
+    return None if options.loader in (None, "uefi") else options.loader
 
 
 registry.register(
     registry.OutputFormat(
         name="disk",
-        summary="a GPT disk image holding that ESP, to dd to a USB stick",
+        summary="a GPT disk image holding that ESP, to dd to a USB stick (--loader uboot "
+        "or fit: the U-Boot tree or FIT instead)",
         writes=registry.Writes.FILE,
         plan=esp.plan,
         build=_build,
         example="xen-disk.img",
-        options=frozenset({"size"}),
+        options=frozenset({"size", "loader"}),
         signing=registry.Signing.LOADER,
         pe_images=registry.PeImages.DISK,
     )
