@@ -30,6 +30,7 @@ def build(
     chosen = registry.get(output_format)
     registry.refuse_options(chosen, options)
     chosen = registry.with_options(chosen, options)
+    registry.refuse_arch(chosen, system)
     if output.name in ("", ".", ".."):
         # `-o .`: the directory by its own name, for the manifest beside it and the temporaries.
         output = Path(os.path.abspath(output))

@@ -28,6 +28,7 @@ def verdicts(system: System) -> list[FormatVerdict]:
     found = []
     for output in registry.formats():
         try:
+            registry.refuse_arch(output, system)
             details = output.plan(system)
         except HlimageError as error:
             found.append(FormatVerdict(output.name, str(error)))

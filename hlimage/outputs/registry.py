@@ -157,6 +157,12 @@ def _load() -> dict[str, OutputFormat]:
     if not _registry.loaded:
         for module in MODULES:
             importlib.import_module(f"hlimage.outputs.{module}")
+        # In MODULES' order, whichever module imported another first (disk imports uboot).
+        ordered = sorted(
+            _registry.formats.values(),
+            key=lambda output: MODULES.index(output.build.__module__.rsplit(".", 1)[-1]),
+        )
+        _registry.formats = {output.name: output for output in ordered}
         _registry.loaded = True
     return _registry.formats
 
@@ -187,6 +193,19 @@ def refuse_options(output: OutputFormat, options: BuildOptions) -> None:
             f"{option.flag}: only --format {' or '.join(takers)} {option.does}; drop it for "
             f"{output.name}"
         )
+
+
+def refuse_arch(output: OutputFormat, system: System) -> None:
+    """A format that cannot carry the description's architecture says so before any work."""
+    if system.arch in output.arches:
+        return
+    takers = [f.name for f in formats() if system.arch in f.arches]
+    raise HlimageError(
+        f"[image] arch: --format {output.name} is for "
+        f"{' and '.join(sorted(a.value for a in output.arches))} only, not "
+        f'"{system.arch.value}"; use {", ".join(takers)}',
+        where=system.source,
+    )
 
 
 def signable() -> list[str]:
