@@ -169,5 +169,12 @@ def boot(
     )
 
 
+def loaded_domus(output: str) -> list[tuple[int, int]]:
+    """(cpus, memory KiB) of each 'LOADING DOMU' line, memory printed in hex KiB: Xen 4.17
+    prints `memory=30000KB`, 4.20 `memory=0x30000KB`."""
+    found = re.findall(r"LOADING DOMU cpus=(\d+) memory=(?:0x)?([0-9a-fA-F]+)KB", output)
+    return [(int(cpus), int(memory, 16)) for cpus, memory in found]
+
+
 def strip_ansi(text: str) -> str:
     return re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", text)
