@@ -203,7 +203,7 @@ def refuse_arch(output: OutputFormat, system: System) -> None:
     raise HlimageError(
         f"[image] arch: --format {output.name} is for "
         f"{' and '.join(sorted(a.value for a in output.arches))} only, not "
-        f'"{system.arch.value}"; use {", ".join(takers)}',
+        f'"{system.arch.value}"; use --format {" or ".join(", ".join(takers).rsplit(", ", 1))}',
         where=system.source,
     )
 

@@ -263,7 +263,8 @@ def plan(
         listed = ", ".join(f"0x{start:x}+0x{size:x}" for start, size in banks)
         raise HlimageError(
             f"{DTB_KEY}: U-Boot reads the boot script to 0x{scriptaddr:x}, which no /memory "
-            f"range holds ({listed}); give the host tree of the machine U-Boot runs on",
+            f"range holds ({listed}); give the board's scriptaddr as {SCRIPTADDR_KEY}, or the "
+            "host tree of the machine U-Boot runs on",
             where=system.xen.dtb,
         )
     bank_end = bank[0] + bank[1]
@@ -281,12 +282,11 @@ def plan(
     )
     script = Slot("boot script / FIT", scriptaddr, script_size)
     for start, size in reserved:
-        if start < script.end and script.address < start + size:
+        if start < script.address + max(script.size, 1) and script.address < start + size:
             raise HlimageError(
                 f"{DTB_KEY}: reserves 0x{start:x}-0x{start + size - 1:x}, where U-Boot reads the "
-                f"boot script ({_human(script_size)} from scriptaddr 0x{scriptaddr:x}); give "
-                f"the board's scriptaddr as {SCRIPTADDR_KEY}, or fix the tree's "
-                "/reserved-memory",
+                f"boot script or FIT (from scriptaddr 0x{scriptaddr:x}); give the board's "
+                f"scriptaddr as {SCRIPTADDR_KEY}, or fix the tree's /reserved-memory",
                 where=system.xen.dtb,
             )
     # A domain's static memory is its RAM once Xen runs: nothing is loaded there either.
@@ -325,8 +325,8 @@ def _check_fits(system: System, memory_plan: MemoryPlan, scriptaddr: int, reserv
     raise HlimageError(
         f"{DTB_KEY}: Xen, the device tree and the modules need memory from 0x{scriptaddr:x} to "
         f"0x{end:x}, but the RAM at 0x{bank_start:x} is {_mib(bank_size)} MiB and U-Boot keeps "
-        f"its top {_mib(reserve)} MiB; give the machine at least {_mib(needed)} MiB of memory "
-        f"(QEMU: -m {_mib(needed)}M) or smaller modules",
+        f"its top {_mib(reserve)} MiB ({RESERVE_KEY}); give the machine at least "
+        f"{_mib(needed)} MiB of memory (QEMU: -m {_mib(needed)}M) or smaller modules",
         where=system.source,
     )
 
