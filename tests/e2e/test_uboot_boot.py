@@ -2,9 +2,10 @@
 (stdin is closed), U-Boot's default boot finding hlimage's boot.scr(.uimg) by itself on the
 disk or over QEMU's TFTP, every domain's marker (docs/uboot.md).
 
-Ten boots in all: each layout once per Xen release where it differs by release (the domains'
-node order in /chosen, the dom0less path), and the two routes of the one script (disk and
-TFTP) shared out between the tests.
+Eleven boots and one short U-Boot run: each layout once per Xen release where it differs by
+release (the domains' node order in /chosen, the dom0less path), the two routes of the one
+script (disk and TFTP) shared out between the tests, and U-Boot's own UEFI (bootefi) starting
+the UEFI disk image once.
 """
 
 from __future__ import annotations
@@ -124,3 +125,22 @@ def test_a_file_that_does_not_load_stops_the_script(
     assert outcome.stopped_by == "Xen not started", outcome.tail()
     assert "hlimage: could not load dom0.cpio.gz; Xen not started" in outcome.output
     assert "Starting kernel" not in outcome.output
+
+
+@pytest.mark.parametrize("xen_version", ["4.20"], indirect=True)
+def test_uefi_disk_under_uboot_bootefi(
+    qemu_uboot: str, cache: Path, tmp_path: Path, boot_log: Path, xen_version: str
+) -> None:
+    """Today's arm64 UEFI disk image, unchanged, under U-Boot's own UEFI: finding no boot
+    script, the default boot starts efi/boot/bootaa64.efi with bootefi, and Xen's EFI loader
+    reads BOOTAA64.cfg and xen.dtb beside it as under EDK2."""
+    guests = [Guest("guest1", "192M", 1), Guest("guest2", "256M", 2)]
+    image = build(descriptions.arm64(tmp_path, guests, xen=xen_version), tmp_path / "disk.img",
+                  "-f", "disk")  # fmt: skip
+    outcome = boot(qemu.ARM64, qemu.Media(disk_image=image), ["dom0", "guest1", "guest2"],
+                   log_path=boot_log, timeout=TIMEOUT, uboot=True)  # fmt: skip
+    outcome.check()
+    text = outcome.output
+    assert "Found EFI removable media binary efi/boot/bootaa64.efi" in text
+    assert "Using configuration file 'bootaa64.cfg'" in text
+    assert loaded_domus(text) == [(1, 192 * 1024), (2, 256 * 1024)]
