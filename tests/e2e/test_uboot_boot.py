@@ -10,6 +10,7 @@ the UEFI disk image once.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -30,9 +31,16 @@ def build(description: Path, output: Path, *args: str) -> Path:
 
 
 def uboot_boot(
-    media: qemu.Media, domains: list[str], boot_log: Path, *, found: str, over_tftp: bool
+    media: qemu.Media,
+    domains: list[str],
+    boot_log: Path,
+    *,
+    found: str,
+    over_tftp: bool,
+    command: list[str] | None = None,
 ) -> BootResult:
-    outcome = boot(qemu.ARM64, media, domains, log_path=boot_log, timeout=TIMEOUT, uboot=True)
+    outcome = boot(qemu.ARM64, media, domains, log_path=boot_log, timeout=TIMEOUT, uboot=True,
+                   command=command)  # fmt: skip
     outcome.check()
     text = outcome.output
     assert "Hit any key to stop autoboot" in text  # and none was: the default boot ran
@@ -47,17 +55,21 @@ def uboot_boot(
 def test_dom0_alone(
     qemu_uboot: str, cache: Path, tmp_path: Path, boot_log: Path, media: str, xen_version: str
 ) -> None:
-    """The uboot directory as a FAT disk (QEMU's vvfat), and the disk image carrying it."""
+    """The uboot directory as a FAT disk (QEMU's vvfat), started as a user looks at it with
+    `hlimage run DIR`, and the disk image carrying the tree."""
     description = descriptions.arm64(tmp_path, [], xen=xen_version)
+    command = None
     if media == "tree":
         tree = build(description, tmp_path / "uboot", "-f", "uboot")
         assert {"boot.scr", "boot.scr.uimg", "xen", "xen.dtb"} <= {p.name for p in tree.iterdir()}
         machine = qemu.Media(esp_dir=tree)
+        # Through the boot helper, whose session kills hlimage run's QEMU too.
+        command = [sys.executable, "-m", "hlimage.cli", "run", str(tree)]
     else:
         image = build(description, tmp_path / "uboot.img", "-f", "disk", "--loader", "uboot")
         machine = qemu.Media(disk_image=image)
     outcome = uboot_boot(machine, ["dom0"], boot_log, found="Found U-Boot script /boot.scr.uimg",
-                         over_tftp=False)  # fmt: skip
+                         over_tftp=False, command=command)  # fmt: skip
     assert "hlimage: loading Xen and its modules from virtio 0:1" in outcome.output
     assert "LOADING DOMAIN 0" in outcome.output and loaded_domus(outcome.output) == []
 
