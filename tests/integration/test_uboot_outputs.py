@@ -166,15 +166,15 @@ def test_a_signed_fit_passes_fit_check_sign(description: Path, tmp_path: Path) -
     }  # fmt: skip
     # One byte of Xen changed: its hash no longer holds. (fit_check_sign loads the kernel,
     # fdt and ramdisk only; bootm checks each loadable's hash too, as inspect does.)
-    for name in ("xen", "dom0-kernel"):
+    for image_name in ("xen", "dom0-kernel"):
         data = bytearray(image.read_bytes())
-        offset = next(i["data_offset"] for i in inspected["images"] if i["name"] == name)
+        offset = next(i["data_offset"] for i in inspected["images"] if i["name"] == image_name)
         data[offset + 1000] ^= 1
-        changed = tmp_path / f"changed-{name}.fit"
+        changed = tmp_path / f"changed-{image_name}.fit"
         changed.write_bytes(data)
         shown = json.loads(run_cli("inspect", "--json", changed).stdout)
         hashes = {i["name"]: i["hash"] for i in shown["images"]}
-        assert hashes[name].startswith("BAD") and hashes["fdt"] == "ok"
+        assert hashes[image_name].startswith("BAD") and hashes["fdt"] == "ok"
     refused = run(uboot_tools.FIT_CHECK_SIGN, "-f", tmp_path / "changed-xen.fit", "-k", key_dtb)
     assert refused.returncode != 0
     assert "Bad hash value for 'hash-1' hash node in 'xen' image node" in refused.stdout
