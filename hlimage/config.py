@@ -21,6 +21,7 @@ from hlimage.model import (
     MemoryRange,
     Mode,
     System,
+    UBoot,
     Xen,
 )
 from hlimage.xen import policy
@@ -304,17 +305,13 @@ IMAGE_OPTIONS = (
     ),
     Option("name", name, "short name for menu entry ids and file names (default: xen)"),
     Option("title", text, "menu entry title (default: 'Xen' and the name)"),
-    Option(
-        "uboot_scriptaddr",
-        address,
-        "U-Boot: the board's scriptaddr, where U-Boot reads boot.scr (default 0x40200000)",
-    ),
-    Option(
-        "uboot_reserve",
-        size,
-        "U-Boot: the top of RAM U-Boot keeps for itself, which nothing is loaded into "
-        "(default 64M)",
-    ),
+)
+
+UBOOT_OPTIONS = (
+    Option("scriptaddr", address, "the board's scriptaddr, where U-Boot reads boot.scr"),
+    Option("reserve", size, "the top of RAM U-Boot keeps for itself (default 64M)"),
+    Option("memory_start", address, "the lowest address anything is loaded to"),
+    Option("memory_end", address, "the first address past the RAM things are loaded into"),
 )
 
 XEN_OPTIONS = (
@@ -356,6 +353,7 @@ SECTIONS: Mapping[str, Sequence[Option]] = {
     "image": IMAGE_OPTIONS,
     "xen": XEN_OPTIONS,
     "domain": DOMAIN_OPTIONS,
+    "uboot": UBOOT_OPTIONS,
 }
 
 
@@ -416,7 +414,7 @@ def load(path: Path) -> System:
 def from_document(path: Path, document: Mapping[str, Any]) -> System:
     for key in document:
         if key not in SECTIONS:
-            hint = _did_you_mean(key, ["image", "xen", "domain"], "sections")
+            hint = _did_you_mean(key, ["image", "xen", "domain", "uboot"], "sections")
             raise HlimageError(f"[{key}]: unknown section; {hint}", where=path)
     image_table = document.get("image")
     if not isinstance(image_table, dict):
@@ -434,6 +432,19 @@ def from_document(path: Path, document: Mapping[str, Any]) -> System:
 
     image = _parse_table(path, "[image] ", image_table, IMAGE_OPTIONS)
     xen = Xen(**_parse_table(path, "[xen] ", xen_table, XEN_OPTIONS))
+    uboot_table = document.get("uboot", {})
+    if not isinstance(uboot_table, dict):
+        raise HlimageError(
+            "[uboot] must be a table; write [uboot] and its keys below it", where=path
+        )
+    uboot = UBoot(**_parse_table(path, "[uboot] ", uboot_table, UBOOT_OPTIONS))
+    start, end = uboot.memory_start, uboot.memory_end
+    if start is not None and end is not None and end <= start:
+        raise HlimageError(
+            f"[uboot] memory_end: 0x{end:x} is not above memory_start (0x{start:x}); give the "
+            "first address past the load window",
+            where=path,
+        )
 
     parsed_domains: list[dict[str, Any]] = []
     seen: dict[str, int] = {}
@@ -469,6 +480,5 @@ def from_document(path: Path, document: Mapping[str, Any]) -> System:
         domains=domains,
         name=image.get("name", "xen"),
         title=image.get("title"),
-        uboot_scriptaddr=image.get("uboot_scriptaddr"),
-        uboot_reserve=image.get("uboot_reserve"),
+        uboot=uboot,
     )

@@ -36,8 +36,11 @@ ALIGN = 2 << 20
 UBOOT_RESERVE = 64 << 20
 """Top of the bank kept free. QEMU virt's U-Boot (2023.01, 2 GiB) relocates itself from about
 0xbddb2000 up, 34 MiB below the top; loads below 0xbdd00000 were booted."""
-SCRIPTADDR_KEY = "[image] uboot_scriptaddr"
-RESERVE_KEY = "[image] uboot_reserve"
+SCRIPTADDR_KEY = "[uboot] scriptaddr"
+RESERVE_KEY = "[uboot] reserve"
+START_KEY = "[uboot] memory_start"
+END_KEY = "[uboot] memory_end"
+KEPT_LABEL = "kept for U-Boot"
 DTB_KEY = "[xen] dtb"
 XEN_KEY = "[xen] efi"
 XSM_COMPATIBLE = "xen,xsm-policy"
@@ -71,6 +74,9 @@ class MemoryPlan:
     """In the order of the modules given."""
     reserved: tuple[tuple[int, int], ...]
     """/reserved-memory and /memreserve/ ranges inside the bank, which nothing overlaps."""
+    limit_label: str = KEPT_LABEL
+    """What lies from `limit` to the bank's end: U-Boot's reserve, or what [uboot] memory_end
+    leaves out."""
 
     def slot_of(self, module: Module) -> Slot:
         for slot in self.modules:
@@ -88,11 +94,11 @@ class MemoryPlan:
 
 
 def scriptaddr_of(system: System) -> int:
-    return SCRIPTADDR if system.uboot_scriptaddr is None else system.uboot_scriptaddr
+    return SCRIPTADDR if system.uboot.scriptaddr is None else system.uboot.scriptaddr
 
 
 def reserve_of(system: System) -> int:
-    return UBOOT_RESERVE if system.uboot_reserve is None else system.uboot_reserve
+    return UBOOT_RESERVE if system.uboot.reserve is None else system.uboot.reserve
 
 
 def module_label(module: Module) -> str:
@@ -274,7 +280,17 @@ def plan(
             f"0x{scriptaddr:x} (the bank ends at 0x{bank_end:x}); give a smaller reserve",
             where=system.source,
         )
-    limit = bank_end - uboot_reserve
+    limit, limit_label = bank_end - uboot_reserve, KEPT_LABEL
+    window = system.uboot
+    for key, value in ((START_KEY, window.memory_start), (END_KEY, window.memory_end)):
+        if value is not None and not bank[0] <= value <= bank_end:
+            raise HlimageError(
+                f"{key}: 0x{value:x} is outside the RAM that holds U-Boot's scriptaddr "
+                f"(0x{bank[0]:x}-0x{bank_end - 1:x} in {DTB_KEY}); give an address in it",
+                where=system.source,
+            )
+    if window.memory_end is not None and window.memory_end < limit:
+        limit, limit_label = window.memory_end, f"above {END_KEY}"
     reserved = tuple(
         (start, size)
         for start, size in reserved_ranges(tree)
@@ -293,7 +309,9 @@ def plan(
     static = tuple(
         (memory.address, memory.size) for domain in system.domains for memory in domain.static_mem
     )
-    packer = _Packer(scriptaddr + script_size, limit, tuple(sorted(reserved + static)))
+    # Nothing goes below memory_start, nor over the script or FIT U-Boot is running from.
+    first = max(scriptaddr + script_size, window.memory_start or 0)
+    packer = _Packer(first, limit, tuple(sorted(reserved + static)))
     xen_size = _xen_size(system)
     xen = Slot("xen", packer.place(xen_size), xen_size)
     # The tree's size depends on the addresses only through its nodes' unit names: written with
@@ -305,7 +323,7 @@ def plan(
     slots = []
     for module, size in zip(modules, sizes, strict=True):
         slots.append(Slot(module_label(module), packer.place(size), size, module))
-    memory_plan = MemoryPlan(bank, limit, script, xen, dtb, tuple(slots), reserved)
+    memory_plan = MemoryPlan(bank, limit, script, xen, dtb, tuple(slots), reserved, limit_label)
     _check_fits(system, memory_plan, scriptaddr, uboot_reserve)
     return memory_plan
 
@@ -322,6 +340,13 @@ def _check_fits(system: System, memory_plan: MemoryPlan, scriptaddr: int, reserv
     if end <= memory_plan.limit:
         return
     needed = align_up(end + reserve - bank_start, 1 << 20)
+    if memory_plan.limit_label != KEPT_LABEL and end <= bank_start + bank_size - reserve:
+        raise HlimageError(
+            f"{END_KEY}: Xen, the device tree and the modules need memory from "
+            f"0x{scriptaddr:x} to 0x{end:x}, past memory_end 0x{memory_plan.limit:x}; give "
+            f'memory_end = "0x{align_up(end, 1 << 20):x}" or more, or smaller modules',
+            where=system.source,
+        )
     raise HlimageError(
         f"{DTB_KEY}: Xen, the device tree and the modules need memory from 0x{scriptaddr:x} to "
         f"0x{end:x}, but the RAM at 0x{bank_start:x} is {_mib(bank_size)} MiB and U-Boot keeps "
@@ -431,7 +456,7 @@ def summary(memory_plan: MemoryPlan) -> list[str]:
     ]
     rows += [(start, start + size, "reserved (host tree)") for start, size in memory_plan.reserved]
     if memory_plan.limit < bank_start + bank_size:
-        rows.append((memory_plan.limit, bank_start + bank_size, "kept for U-Boot"))
+        rows.append((memory_plan.limit, bank_start + bank_size, memory_plan.limit_label))
     lines = [f"RAM 0x{bank_start:x}-0x{bank_start + bank_size - 1:x} ({_mib(bank_size)} MiB)"]
     for start, end, label in sorted(rows):
         size = end - start

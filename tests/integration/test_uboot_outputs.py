@@ -254,7 +254,7 @@ def test_the_reserve_and_scriptaddr_keys_move_the_plan(cache: Path, tmp_path: Pa
     description = descriptions.arm64(tmp_path, [], name="plain.toml")
     text = description.read_text().replace(
         '[image]\narch = "arm64"\n',
-        '[image]\narch = "arm64"\nuboot_scriptaddr = "0x48000000"\nuboot_reserve = "1G"\n',
+        '[image]\narch = "arm64"\n\n[uboot]\nscriptaddr = "0x48000000"\nreserve = "1G"\n\n',
     )
     moved = tmp_path / "moved.toml"
     moved.write_text(text)

@@ -242,15 +242,38 @@ def test_summary(tmp_path: Path) -> None:
 def test_the_description_sets_scriptaddr_and_reserve(tmp_path: Path) -> None:
     from dataclasses import replace
 
+    from hlimage.model import UBoot
+
     described = system(tmp_path)
-    moved = replace(described, uboot_scriptaddr=0x48000000, uboot_reserve=1 << 30)
+    moved = replace(described, uboot=UBoot(scriptaddr=0x48000000, reserve=1 << 30))
     memory_plan = uboot.plan(moved, boot_modules.all_modules(moved), script_size=100)
     assert memory_plan.script.address == 0x48000000
     assert memory_plan.xen.address == 0x48200000
     assert memory_plan.limit == RAM + (2 << 30) - (1 << 30)
-    too_much = replace(described, uboot_reserve=2 << 30)
-    with pytest.raises(HlimageError, match=r"\[image\] uboot_reserve: 2048 MiB is all the RAM"):
+    too_much = replace(described, uboot=UBoot(reserve=2 << 30))
+    with pytest.raises(HlimageError, match=r"\[uboot\] reserve: 2048 MiB is all the RAM"):
         uboot.plan(too_much, boot_modules.all_modules(too_much), script_size=100)
+
+
+def test_the_load_window_bounds_the_plan(tmp_path: Path) -> None:
+    """[uboot] memory_start and memory_end: ImageBuilder's MEMORY_START and MEMORY_END."""
+    from dataclasses import replace
+
+    from hlimage.model import UBoot
+
+    described = system(tmp_path)
+    modules = boot_modules.all_modules(described)
+    window = replace(described, uboot=UBoot(memory_start=0x50000000, memory_end=0x60000000))
+    memory_plan = uboot.plan(window, modules, script_size=100)
+    assert memory_plan.xen.address == 0x50000000 and memory_plan.limit == 0x60000000
+    assert memory_plan.end <= 0x60000000
+    assert uboot.summary(memory_plan)[-1].endswith("above [uboot] memory_end")
+    narrow = replace(described, uboot=UBoot(memory_end=0x41000000))
+    with pytest.raises(HlimageError, match=r'\[uboot\] memory_end: .* give memory_end = "0x4'):
+        uboot.plan(narrow, modules, script_size=100)
+    outside = replace(described, uboot=UBoot(memory_start=0x10000000))
+    with pytest.raises(HlimageError, match="memory_start: 0x10000000 is outside the RAM"):
+        uboot.plan(outside, modules, script_size=100)
 
 
 def test_reserved_memory_where_the_script_goes_is_refused(tmp_path: Path) -> None:
