@@ -20,7 +20,8 @@ import tempfile
 from pathlib import Path
 
 from benchmarks.bench_unified import make_ramdisk, measure
-from hlimage.streams import file_sha256
+from hlimage import __version__
+from hlimage.plumbing.streams import file_sha256
 from tests.support import payloads
 
 
@@ -43,7 +44,7 @@ def write_fit(out: Path, xen: Path, kernel: Path, ramdisk: Path, dtb: Path, sign
     signer = None
     if signed:
         key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-        signer = fit.FitSigner(key, "bench")
+        signer = fit.FitSigner(key, "bench", __version__)
     with out.open("wb") as stream:
         fit.write(description, stream, signer)
 

@@ -29,8 +29,8 @@ with atheris.instrument_imports():
     from hlimage import config, inspect
     from hlimage.errors import HlimageError
     from hlimage.formats import compression, cpio, elf, fdt, linux, multiboot2, pe, xencfg
+    from hlimage.formats.payload import Region
     from hlimage.inputs import check_initrd_length, probe_initrd, probe_kernel
-    from hlimage.streams import Region
     from hlimage.xen.probe import probe_efi, probe_multiboot
 
 SCRATCH = Path(tempfile.mkdtemp(prefix="hlimage-fuzz-"))

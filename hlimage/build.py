@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import replace
 from pathlib import Path
@@ -14,7 +15,7 @@ from hlimage.outputs.registry import BuildOptions
 from hlimage.report import BuildReport
 
 if TYPE_CHECKING:
-    from hlimage.trust import SigningKey
+    from hlimage.secureboot.trust import SigningKey
 
 
 def build(
@@ -26,7 +27,7 @@ def build(
     signing: SigningKey | None = None,
     manifest: bool = True,
 ) -> BuildReport:
-    options = options or BuildOptions()
+    options = dataclasses.replace(options or BuildOptions(), digests=manifest)
     chosen = registry.get(output_format)
     registry.refuse_options(chosen, options)
     chosen = registry.with_options(chosen, options)
@@ -39,7 +40,7 @@ def build(
         report = chosen.build(system, output, options)
     else:
         # Signing wraps the format's own build.
-        from hlimage import trust
+        from hlimage.secureboot import trust
 
         def plain(system_: System, target: Path, key: SigningKey | None = None) -> BuildReport:
             # A key is passed only to a format that signs its own output (Signing.SELF).

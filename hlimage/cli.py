@@ -15,7 +15,7 @@ import click
 
 from hlimage import __version__
 
-# Kept here, not imported from hlimage.trust, so that `hlimage --version` stays fast.
+# Kept here, not imported from hlimage.secureboot.trust, so that `hlimage --version` stays fast.
 PASSWORD_ENV = "HLIMAGE_KEY_PASSWORD"
 
 
@@ -79,7 +79,7 @@ def cli(quiet: bool) -> None:
       _HLIMAGE_COMPLETE     shell completion: eval "$(_HLIMAGE_COMPLETE=bash_source hlimage)"
                             (zsh_source, fish_source for zsh and fish)
     """
-    from hlimage import messages
+    from hlimage.plumbing import messages
 
     messages.quiet = quiet
 
@@ -162,8 +162,8 @@ def build(
     from hlimage import build as build_module
     from hlimage.config import parse_size
     from hlimage.errors import HlimageError
-    from hlimage.messages import note
     from hlimage.outputs.registry import BuildOptions
+    from hlimage.plumbing.messages import note
 
     size_bytes = None
     if size is not None:
@@ -195,9 +195,9 @@ def _signing_key(key: Path | None, cert: Path | None, password_file: Path | None
         raise HlimageError(
             f"{missing}: needed with {given}; signing takes a key and its certificate"
         )
-    # Imported only now: hlimage.trust brings in cryptography, 60 ms that a build without a key
-    # and without the manifest (--no-manifest) need not pay.
-    from hlimage.trust import load_signing_key
+    # Imported only now: secureboot.trust brings in cryptography, 60 ms that a build without a
+    # key and without the manifest (--no-manifest) need not pay.
+    from hlimage.secureboot.trust import load_signing_key
 
     return load_signing_key(key, cert, password_file)
 
@@ -239,8 +239,8 @@ def sign_command(
     key_password_file: Path | None,
 ) -> None:
     """Sign the PE image IMAGE for UEFI Secure Boot (Authenticode, sha256)."""
-    from hlimage import trust
-    from hlimage.messages import note
+    from hlimage.plumbing.messages import note
+    from hlimage.secureboot import trust
 
     signing = trust.load_signing_key(key, cert, key_password_file)
     result = trust.sign_file(image, output, signing, replace_signature=replace_signature)
@@ -277,9 +277,9 @@ def lcm(config: Path, output: Path, dts: bool) -> None:
     x86: the hyperlaunch LCM (multiboot2 module 0). arm64: the host device tree with a
     `xen,domain` node per dom0less domain.
     """
-    from hlimage.atomic import atomic_file
     from hlimage.build import lcm as make_lcm
     from hlimage.formats import fdt
+    from hlimage.plumbing.atomic import atomic_file
 
     blob = make_lcm(_load(config))
     data = fdt.parse(blob).to_dts().encode() if dts else blob
@@ -392,8 +392,8 @@ def grub_config(
     prelude: str,
 ) -> None:
     """Print the GRUB menu entry that boots CONFIG (multiboot2 on x86, xen_hypervisor on arm64)."""
-    from hlimage.atomic import atomic_file
     from hlimage.errors import HlimageError
+    from hlimage.plumbing.atomic import atomic_file
     from hlimage.xen import grub_entry
 
     if write_lcm and (lcm is None or not in_place):
@@ -426,8 +426,8 @@ def init_command(template: str | None, directory: Path, force: bool) -> None:
     (DIRECTORY defaults to the current one) and say what to edit. Without TEMPLATE, list the
     templates."""
     from hlimage import scaffold
-    from hlimage.messages import note
     from hlimage.outputs import registry
+    from hlimage.plumbing.messages import note
 
     if template is None:
         for known in scaffold.templates():
@@ -454,6 +454,61 @@ def init_command(template: str | None, directory: Path, force: bool) -> None:
         example = outputs[first].example
         lines.append(f"  - hlimage build {written.path} --format {first} -o {example}")
     click.echo("\n".join(lines))
+
+
+@cli.group("import")
+def import_group() -> None:
+    """Turn another tool's configuration into a description (hlimage.toml) with the same
+    meaning, and print the `hlimage build` command that makes what that tool made."""
+
+
+@import_group.command("imagebuilder")
+@click.argument("config", type=click.Path(path_type=Path))
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="The description to write (hlimage.toml); written whole or not at all.",
+)
+@click.option(
+    "-d",
+    "--directory",
+    type=click.Path(path_type=Path),
+    help="ImageBuilder's -d: the directory the config's paths start from (default: the "
+    "config's own).",
+)
+@click.option(
+    "-t",
+    "--load-cmd",
+    metavar="LOAD_CMD",
+    help="ImageBuilder's -t: replaces the config's LOAD_CMD (tftp, sd, usb, scsi, virtio, or "
+    "fit for a FIT).",
+)
+@click.option("--force", is_flag=True, help="Replace OUTPUT if it exists.")
+def import_imagebuilder(
+    config: Path, output: Path, directory: Path | None, load_cmd: str | None, force: bool
+) -> None:
+    """Read the ImageBuilder config CONFIG (the shell variable file of Xen's
+    uboot-script-gen) as data, never running it, and write the description it means.
+
+    Sizes keep ImageBuilder's units (DOM0_MEM and DOMU_MEM in MB), its defaults are written
+    out, and only the first NUM_DOMUS domUs count. An option hlimage has no equivalent for, or
+    a line that is not an assignment, is an error naming its line. Prints the `hlimage build`
+    command line to run next on stdout.
+    """
+    import shlex
+
+    from hlimage.importers import imagebuilder
+    from hlimage.plumbing.messages import note, warn
+
+    imported = imagebuilder.import_file(
+        config, output, directory=directory, load_cmd=load_cmd, force=force
+    )
+    for warning in imported.warnings:
+        warn(warning)
+    note(f"wrote {output}; then {imported.then}")
+    click.echo(shlex.join(imported.command))
 
 
 def main() -> None:

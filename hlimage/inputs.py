@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 from hlimage.errors import FormatError, TruncatedError
 from hlimage.formats import ReadAt, compression, cpio, elf, leading_zeros, linux, multiboot2, pe
-from hlimage.streams import Region
+from hlimage.formats.payload import Region
 
 # pyelftools names the machine; these are the architectures hlimage knows.
 ELF_MACHINES = {"EM_X86_64": "x86_64", "EM_386": "i386", "EM_AARCH64": "arm64", "EM_ARM": "arm32"}

@@ -15,14 +15,15 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from hlimage import __version__, trust
-from hlimage.atomic import TEMP_MARK, atomic_file
+from hlimage import __version__
 from hlimage.errors import FormatError, HlimageError
 from hlimage.formats import fat, gpt, pe
 from hlimage.model import System
 from hlimage.outputs import registry
-from hlimage.report import BuildReport
-from hlimage.streams import file_sha256
+from hlimage.plumbing.atomic import TEMP_MARK, atomic_file
+from hlimage.plumbing.streams import file_sha256
+from hlimage.report import BuildReport, PeDigests
+from hlimage.secureboot.signers import signers
 
 SUFFIX = ".manifest.json"
 DEVICE_TREE_ROLES = ("dtb", "lcm")
@@ -35,6 +36,9 @@ def path_for(output: Path) -> Path:
 
 
 def _pe_entry(name: str, path: Path) -> dict[str, Any]:
+    """An entry read back from the image (a signed one, signed after it was built)."""
+    from hlimage.secureboot import trust
+
     with path.open("rb") as stream:
         image = pe.parse(stream)
         sha256, image_digest = trust.file_digests(stream, image)
@@ -57,20 +61,39 @@ def _is_pe_name(name: str) -> bool:
     return name.lower().endswith(".efi")
 
 
+def _known(digests: PeDigests, signers_of: Path | None) -> dict[str, Any]:
+    """An entry from the digests the build computed as it wrote the image."""
+    return {
+        "path": digests.name,
+        "size": digests.size,
+        "sha256": digests.sha256,
+        "authenticode_sha256": digests.authenticode_sha256,
+        "signers": list(digests.signers) if signers_of is None else signers(signers_of),
+    }
+
+
 def _pe_images(report: BuildReport) -> list[dict[str, Any]]:
+    """Each PE image: from the digests computed while it was written where the build has
+    them, else read back (a signed image, signed after it was built)."""
     output = report.output
     where = registry.get(report.format).pe_images
     names = [item.name for item in report.artifacts if _is_pe_name(item.name)]
+    known = report.pe_images
     if where is registry.PeImages.TREE:
         return [
-            _pe_entry(name, output / name)
+            _known(known[name], output / name) if name in known else _pe_entry(name, output / name)
             for name in names
             if (output / name).is_file() and _is_pe(output / name)
         ]
     if where is registry.PeImages.OUTPUT and _is_pe(output):
+        if output.name in known and known[output.name].size == output.stat().st_size:
+            return [_known(known[output.name], output)]
         return [_pe_entry(output.name, output)]
     if where is registry.PeImages.DISK:
-        return [_pe_in_disk(output, name) for name in names]
+        return [
+            _known(known[name], None) if name in known else _pe_in_disk(output, name)
+            for name in names
+        ]
     return []
 
 

@@ -14,9 +14,9 @@ from pathlib import Path
 
 from hlimage.errors import FormatError, HlimageError, TruncatedError
 from hlimage.formats import compression, cpio
+from hlimage.formats.payload import ConcatPayload, Payload, Region
 from hlimage.inputs import KernelInfo, check_initrd_length, probe_initrd, probe_kernel
 from hlimage.model import Domain, InitrdCompression, System
-from hlimage.streams import ConcatPayload, Payload, Region
 
 INITRD_ALIGN = 4
 RECOMPRESSIBLE = {None, compression.GZIP, compression.XZ, compression.ZSTD, compression.LZ4_LEGACY}

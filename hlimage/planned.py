@@ -10,8 +10,8 @@ import enum
 from dataclasses import dataclass
 from pathlib import Path
 
+from hlimage.formats.payload import Payload, Region
 from hlimage.model import Domain
-from hlimage.streams import Payload, Region
 
 
 class Role(enum.Enum):

@@ -13,9 +13,23 @@ class Artifact:
     role: str
     """config, kernel, ramdisk, xsm, ucode, dtb, xen, lcm, grub ..."""
     size: int
-    sha256: str
+    sha256: str | None
+    """None when the build computed no digests (--no-manifest)."""
     source: str = ""
     domain: str | None = None
+
+
+@dataclass(frozen=True)
+class PeDigests:
+    """A PE image the build wrote, with the digests computed as it was written."""
+
+    name: str
+    """Its path inside a directory output, or the output's own name."""
+    size: int
+    sha256: str
+    authenticode_sha256: str
+    signers: tuple[str, ...] = ()
+    """Where the manifest cannot read them from the image itself (inside a disk image)."""
 
 
 @dataclass
@@ -23,3 +37,5 @@ class BuildReport:
     format: str
     output: Path
     artifacts: list[Artifact] = field(default_factory=list)
+    pe_images: dict[str, PeDigests] = field(default_factory=dict)
+    """By name: what the manifest needs of each PE image, where the build knew it."""

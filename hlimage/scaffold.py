@@ -93,7 +93,7 @@ class Written:
 
 
 def init(name: str, directory: Path, *, force: bool = False) -> Written:
-    from hlimage.atomic import atomic_file
+    from hlimage.plumbing.atomic import atomic_file
 
     template = find(name)
     if directory.exists() and not directory.is_dir():

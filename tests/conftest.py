@@ -54,7 +54,7 @@ def run_cli(*args: str | os.PathLike[str]) -> Result:
         code = exit_.code if isinstance(exit_.code, int) else 1
     finally:
         sys.argv = argv
-        from hlimage import messages
+        from hlimage.plumbing import messages
 
         messages.quiet = False  # --quiet is process state; each call starts afresh
     return Result(code, out.getvalue(), err.getvalue())

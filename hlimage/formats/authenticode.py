@@ -16,17 +16,22 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 import construct as c
-from cryptography import x509
-from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
 from hlimage.errors import FormatError
 from hlimage.formats import align_up, der, pe
-from hlimage.streams import CHUNK
+from hlimage.formats.payload import CHUNK
+
+if TYPE_CHECKING:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+# cryptography (0.1-0.3 s to import) is imported by the functions that sign or verify: the
+# digest and the certificate table, which every build with a manifest computes, need only
+# hashlib.
 
 SPC_INDIRECT_DATA = "1.3.6.1.4.1.311.2.1.4"
 SPC_PE_IMAGE_DATA = "1.3.6.1.4.1.311.2.1.15"
@@ -43,12 +48,20 @@ DIGEST_OIDS = {
     "sha512": "2.16.840.1.101.3.4.2.3",
 }
 DIGEST_NAMES = {oid: name for name, oid in DIGEST_OIDS.items()}
-_HASHES: dict[str, type[hashes.HashAlgorithm]] = {
-    "sha1": hashes.SHA1,
-    "sha256": hashes.SHA256,
-    "sha384": hashes.SHA384,
-    "sha512": hashes.SHA512,
-}
+
+
+def _hash_algorithm(name: str) -> hashes.HashAlgorithm:
+    from cryptography.hazmat.primitives import hashes
+
+    algorithms: dict[str, type[hashes.HashAlgorithm]] = {
+        "sha1": hashes.SHA1,
+        "sha256": hashes.SHA256,
+        "sha384": hashes.SHA384,
+        "sha512": hashes.SHA512,
+    }
+    return algorithms[name]()
+
+
 # Signature algorithms a SignerInfo may name: plain rsaEncryption (what OpenSSL and signtool
 # write) takes the hash from the SignerInfo's digestAlgorithm; the others name it themselves.
 _RSA_WITH = {
@@ -225,6 +238,9 @@ def build_signed_data(
     `certificates[0]` is the signer's; the rest (a chain) are embedded too. No signing time is
     added, so the same image, key and certificates always give the same bytes.
     """
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import padding
+
     if algorithm not in DIGEST_OIDS or len(digest) != new_hash(algorithm).digest_size:
         raise FormatError(f"not a {algorithm} digest: {len(digest)} bytes")
     signer = certificates[0]
@@ -239,7 +255,7 @@ def build_signed_data(
         ]
     )
     # The signature covers the attributes encoded as a SET, not under their [0] tag.
-    signature = key.sign(attributes, padding.PKCS1v15(), _HASHES[algorithm]())
+    signature = key.sign(attributes, padding.PKCS1v15(), _hash_algorithm(algorithm))
     signer_info = der.sequence(
         der.integer(1),
         der.sequence(signer.issuer.public_bytes(), der.integer(signer.serial_number)),
@@ -403,6 +419,8 @@ def _issuer_and_serial(certificate: der.Element) -> tuple[bytes, bytes]:
 
 
 def _certificate(raw: der.Element) -> x509.Certificate:
+    from cryptography import x509
+
     raw.expect(der.TAG_SEQUENCE, "embedded certificate")
     try:
         return x509.load_der_x509_certificate(raw.raw)
@@ -433,6 +451,9 @@ def signature_problem(
     Whether the image hash matches the file, and whether the certificate is trusted, are
     separate questions.
     """
+    from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+    from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+
     if signature.signed_attributes is None or signature.message_digest is None:
         return "no signed messageDigest attribute (Authenticode requires one)"
     if signature.content_type != SPC_INDIRECT_DATA:
@@ -442,18 +463,18 @@ def signature_problem(
         return f"unsupported signer digest algorithm {algorithm}"
     if _hash(algorithm, signature.indirect_data) != signature.message_digest:
         return "the messageDigest attribute does not match the signed content"
-    hash_algorithm = _HASHES[algorithm]()
+    hash_algorithm = _hash_algorithm(algorithm)
     try:
         key = certificate.public_key()
         oid = signature.signature_algorithm
         if isinstance(key, rsa.RSAPublicKey) and (oid == RSA_ENCRYPTION or oid in _RSA_WITH):
             if oid in _RSA_WITH:
-                hash_algorithm = _HASHES[_RSA_WITH[oid]]()
+                hash_algorithm = _hash_algorithm(_RSA_WITH[oid])
             key.verify(
                 signature.signature, signature.signed_attributes, padding.PKCS1v15(), hash_algorithm
             )
         elif isinstance(key, ec.EllipticCurvePublicKey) and oid in _ECDSA_WITH:
-            hash_algorithm = _HASHES[_ECDSA_WITH[oid]]()
+            hash_algorithm = _hash_algorithm(_ECDSA_WITH[oid])
             key.verify(signature.signature, signature.signed_attributes, ec.ECDSA(hash_algorithm))
         else:
             return f"unsupported signature algorithm {oid} for this certificate's key"

@@ -29,11 +29,10 @@ from typing import BinaryIO
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
-from hlimage import __version__
 from hlimage.errors import FormatError, HlimageError
 from hlimage.formats import fdt
 from hlimage.formats.fdt import DeviceTree, Node
-from hlimage.streams import BytesPayload, Payload, Region, copy_stream
+from hlimage.formats.payload import BytesPayload, Digest, Payload, Region
 
 HASH_ALGO = "sha256"
 HASH_NODE = "hash-1"
@@ -110,8 +109,9 @@ class FitSigner:
 
     private_key: rsa.RSAPrivateKey
     key_name_hint: str
+    signer_version: str
+    """What signed it, as mkimage records its own version: the caller's (hlimage's) version."""
     signer_name: str = "hlimage"
-    signer_version: str = __version__
 
     @property
     def bits(self) -> int:
@@ -160,14 +160,21 @@ def write(fit: Fit, out: BinaryIO, signer: FitSigner | None = None) -> FitResult
             continue
         if piece.name == "data":
             image = plan.images[piece.path]
-            result = copy_stream(image.payload(), out)
-            if result.size != piece.length:
+            # The hash node after the data needs its sha256: computed beside the copy.
+            digest = Digest()
+            size = 0
+            for view in image.payload().views():
+                digest.feed(view)
+                out.write(view)
+                size += len(view)
+            if size != piece.length:
+                digest.close()
                 raise HlimageError(
                     f"changed size while the FIT was written ({piece.length} bytes before, "
-                    f"{result.size} now); write the FIT again",
+                    f"{size} now); write the FIT again",
                     where=_label(image),
                 )
-            digests[image.name] = result.sha256
+            digests[image.name] = digest.hexdigest()
             written += piece.length
             continue
         out.write(_hole_value(plan, piece, filled, digests, signer))

@@ -7,8 +7,10 @@ caller's business (`hlimage/xen/`).
 
 from __future__ import annotations
 
+import io
 import struct
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import BinaryIO
 
@@ -16,7 +18,7 @@ import construct as c
 
 from hlimage.errors import FormatError, TruncatedError
 from hlimage.formats import align_up
-from hlimage.streams import ChecksumAccumulator, Payload, StreamResult, copy_range, copy_stream
+from hlimage.formats.payload import Chunk, Payload, Region, StreamRange
 
 MACHINE_AMD64 = 0x8664
 MACHINE_ARM64 = 0xAA64
@@ -396,8 +398,6 @@ class WrittenSection:
     virtual_size: int
     raw_offset: int
     raw_size: int
-    sha256: str | None
-    """Of the payload bytes, for sections written from a payload."""
 
 
 @dataclass(frozen=True)
@@ -409,6 +409,288 @@ class WriteResult:
     file_size: int
     dropped: tuple[str, ...]
     signature_removed: bool
+
+
+HeadersHook = Callable[[bytes, int], None]
+"""Called with the final headers and the file's size before any section data is written, when
+the writer knows them first (every payload's size known): the moment to set up anything that
+must see the output's bytes in order, such as its digests."""
+
+
+class Checksum:
+    """The PE image checksum (16-bit one's complement sum plus the file length), fed in pieces.
+
+    Only the sum modulo 0xFFFF matters: a byte at an even file offset adds its value, at an odd
+    one 256 times its value (since 0x10000 = 1 modulo 0xFFFF, so does every 16-bit word, and
+    every 32-bit word is its two halves). Summing 32-bit words with numpy keeps this cheap.
+    """
+
+    def __init__(self) -> None:
+        self.residue = 0
+        self.nonzero = False
+
+    @staticmethod
+    def _weight(offset: int, data: bytes | bytearray | memoryview) -> int:
+        # Imported here: numpy takes ~40 ms to import, which inspect and check need not pay.
+        import numpy as np
+
+        view = memoryview(data).cast("B")
+        length = len(view)
+        whole = length & ~3
+        total = int(np.frombuffer(view, dtype="<u4", count=whole // 4).sum(dtype=np.uint64))
+        for index in range(whole, length):
+            total += view[index] << (8 * (index & 1))
+        return total * 256 if offset & 1 else total
+
+    def update(self, offset: int, data: bytes | bytearray | memoryview) -> None:
+        weight = self._weight(offset, data)
+        if weight:
+            self.nonzero = True
+            self.residue = (self.residue + weight) % 0xFFFF
+
+    def replace(self, offset: int, old: bytes, new: bytes) -> None:
+        """Bytes already summed at `offset` were overwritten with `new`."""
+        self.residue = (
+            self.residue + self._weight(offset, new) - self._weight(offset, old)
+        ) % 0xFFFF
+        self.nonzero = self.nonzero or any(new)
+
+    def add(self, other: Checksum) -> None:
+        """Fold in the sum of other bytes (at their own offsets)."""
+        self.residue = (self.residue + other.residue) % 0xFFFF
+        self.nonzero = self.nonzero or other.nonzero
+
+    def finish(self, file_length: int) -> int:
+        # Folding with end-around carry never gives 0 once anything was non-zero.
+        folded = self.residue or (0xFFFF if self.nonzero else 0)
+        return (folded + file_length) & 0xFFFFFFFF
+
+
+@dataclass(frozen=True)
+class _Piece:
+    """Raw data of one section, in file order: its bytes, and 4-byte fields to rewrite in it."""
+
+    payload: Payload
+    patches: tuple[tuple[int, bytes, bytes], ...] = ()
+    """(offset in the piece, old bytes, new bytes)."""
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """Everything an image's headers say, but the section data: computed from the pieces'
+    sizes, before writing (when they are known) or after."""
+
+    dos: bytes
+    coff: c.Container
+    optional: c.Container
+    optional_tail: bytes
+    headers_size: int
+    file_alignment: int
+    kept: tuple[c.Container, ...]
+    """Section headers of the pieces that come first (existing sections), ready but for
+    PointerToRawData/SizeOfRawData, which `_place` fills in."""
+    kept_written: tuple[WrittenSection, ...]
+    new: tuple[NewSection, ...]
+    new_cursor: int
+    """The first RVA free for new sections."""
+    section_alignment: int
+    initialized_base: int
+    """SizeOfInitializedData before the new sections' raw bytes are added."""
+
+
+def _placed(
+    layout: _Layout, pieces: Sequence[_Piece], sizes: Sequence[int]
+) -> tuple[bytes, list[WrittenSection], int, int]:
+    """(headers, sections written, SizeOfImage, file size) for the pieces' sizes."""
+    position = layout.headers_size
+    headers: list[c.Container] = []
+    written: list[WrittenSection] = []
+    kept_count = len(layout.kept)
+    for index, header in enumerate(layout.kept):
+        header = c.Container(header)
+        size = sizes[index]
+        if size:
+            raw = align_up(size, layout.file_alignment)
+            header.PointerToRawData = position
+            header.SizeOfRawData = raw
+            position += raw
+        else:
+            header.PointerToRawData = 0
+        headers.append(header)
+        before = layout.kept_written[index]
+        written.append(
+            WrittenSection(
+                before.name, before.virtual_address, before.virtual_size,
+                int(header.PointerToRawData), int(header.SizeOfRawData),
+            )
+        )  # fmt: skip
+    cursor = layout.new_cursor
+    added_raw = 0
+    for added, size in zip(layout.new, sizes[kept_count:], strict=True):
+        rva = align_up(cursor, max(layout.section_alignment, added.alignment, 1))
+        raw = align_up(size, layout.file_alignment)
+        headers.append(
+            c.Container(
+                Name=encode_section_name(added.name),
+                VirtualSize=size,
+                VirtualAddress=rva,
+                SizeOfRawData=raw,
+                PointerToRawData=position if raw else 0,
+                PointerToRelocations=0,
+                PointerToLinenumbers=0,
+                NumberOfRelocations=0,
+                NumberOfLinenumbers=0,
+                Characteristics=added.characteristics,
+            )
+        )
+        written.append(WrittenSection(added.name, rva, size, position if raw else 0, raw))
+        position += raw
+        added_raw += raw
+        cursor = rva + max(size, 1)
+    optional = c.Container(layout.optional)
+    optional.SizeOfInitializedData = (layout.initialized_base + added_raw) & 0xFFFFFFFF
+    header_bytes, size_of_image = _headers(
+        dos=layout.dos,
+        coff=layout.coff,
+        optional=optional,
+        optional_tail=layout.optional_tail,
+        section_headers=headers,
+        headers_size=layout.headers_size,
+    )
+    return header_bytes, written, size_of_image, position
+
+
+def _write_pieces(
+    out: BinaryIO, layout: _Layout, pieces: Sequence[_Piece], checksum: Checksum | None
+) -> list[int]:
+    """Each piece's data at the output's position, padded to FileAlignment; their sizes."""
+    position = layout.headers_size
+    sizes = []
+    for piece in pieces:
+        size = 0
+        for view in piece.payload.views():
+            data: Chunk = view
+            if piece.patches:
+                data = _patched(view, size, piece.patches)
+            out.write(data)
+            if checksum is not None:
+                checksum.update(position + size, data)
+            size += len(view)
+        pad = align_up(size, layout.file_alignment) - size if size else 0
+        _pad(out, pad)
+        position += size + pad
+        sizes.append(size)
+    return sizes
+
+
+def _patched(view: Chunk, at: int, patches: Sequence[tuple[int, bytes, bytes]]) -> Chunk:
+    end = at + len(view)
+    hits = [(offset, new) for offset, _, new in patches if offset < end and offset + len(new) > at]
+    if not hits:
+        return view
+    data = bytearray(view)
+    for offset, new in hits:
+        for index, byte in enumerate(new):
+            if at <= offset + index < end:
+                data[offset + index - at] = byte
+    return data
+
+
+def _sum_pieces(
+    layout: _Layout, pieces: Sequence[_Piece], headers: bytes, checksum: Checksum
+) -> None:
+    """The checksum of the whole file from the inputs, before any of it is written: every
+    file range summed in spans on two threads (reading and numpy's sum let go of the GIL),
+    which halves the wait before the first byte can be written."""
+    checksum.update(0, headers)
+    position = layout.headers_size
+    spans: list[tuple[Payload, int]] = []  # (a span of an input, its offset in the output)
+    for piece in pieces:
+        plain = piece.payload.plain()
+        size = plain.exact_size
+        assert size is not None, "headers go first only when every size is known"
+        if isinstance(plain, Region):
+            for start in range(0, size, SUM_SPAN):
+                length = min(SUM_SPAN, size - start)
+                spans.append((Region(plain.path, plain.offset + start, length), position + start))
+        else:
+            # Not on the threads: a range of the image being rewritten shares its open file.
+            checksum.add(_sum_span((plain, position)))
+        for offset, old, new in piece.patches:
+            checksum.replace(position + offset, old, new)
+        position += align_up(size, layout.file_alignment) if size else 0
+
+    with ThreadPoolExecutor(max_workers=2) as workers:
+        for part in workers.map(_sum_span, spans):
+            checksum.add(part)
+
+
+def _sum_span(span: tuple[Payload, int]) -> Checksum:
+    payload, at = span
+    part = Checksum()
+    done = 0
+    for view in payload.views():
+        part.update(at + done, view)
+        done += len(view)
+    return part
+
+
+SUM_SPAN = 64 << 20
+
+
+def _write(
+    out: BinaryIO,
+    layout: _Layout,
+    pieces: Sequence[_Piece],
+    *,
+    dropped: tuple[str, ...],
+    signature_removed: bool,
+    before_data: HeadersHook | None,
+) -> WriteResult:
+    """The image: headers first where every size is known (its bytes then leave in file
+    order, for digests that watch them go by), else after the data they describe."""
+    _empty(out)
+    exact = [piece.payload.exact_size for piece in pieces]
+    checksum = Checksum()
+    if before_data is not None and all(size is not None for size in exact):
+        planned = [size for size in exact if size is not None]
+        headers, written, size_of_image, file_size = _placed(layout, pieces, planned)
+        _sum_pieces(layout, pieces, headers, checksum)
+        total = checksum.finish(file_size)
+        headers = _with_checksum(layout, headers, total)
+        before_data(headers, file_size)
+        out.write(headers)
+        sizes = _write_pieces(out, layout, pieces, None)
+        if sizes != planned:
+            raise FormatError(
+                "an input changed size while it was being written; build again once it is "
+                "no longer being written to"
+            )
+    else:
+        out.write(b"\0" * layout.headers_size)
+        sizes = _write_pieces(out, layout, pieces, checksum)
+        headers, written, size_of_image, file_size = _placed(layout, pieces, sizes)
+        checksum.update(0, headers)
+        total = checksum.finish(file_size)
+        out.seek(0)
+        out.write(_with_checksum(layout, headers, total))
+    if out.seek(0, 2) != file_size:
+        out.truncate(file_size)
+    out.seek(file_size)
+    return WriteResult(
+        sections=tuple(written),
+        size_of_image=size_of_image,
+        size_of_headers=layout.headers_size,
+        checksum=total,
+        file_size=file_size,
+        dropped=dropped,
+        signature_removed=signature_removed,
+    )
+
+
+def _with_checksum(layout: _Layout, headers: bytes, total: int) -> bytes:
+    at = len(layout.dos) + 4 + CoffHeader.sizeof() + CHECKSUM_OFFSET_IN_OPTIONAL
+    return headers[:at] + struct.pack("<I", total) + headers[at + 4 :]
 
 
 class PeWriter:
@@ -467,7 +749,13 @@ class PeWriter:
         )
         return max(align_up(table_end, self.image.file_alignment), self.image.size_of_headers)
 
-    def write(self, new: Sequence[NewSection], out: BinaryIO) -> WriteResult:
+    def write(
+        self,
+        new: Sequence[NewSection],
+        out: BinaryIO,
+        *,
+        before_data: HeadersHook | None = None,
+    ) -> WriteResult:
         image = self.image
         file_alignment = max(image.file_alignment, 1)
         headers_size = self.header_size(len(new))
@@ -477,55 +765,31 @@ class PeWriter:
                 f"no room for {len(new)} more section headers: the headers would need "
                 f"0x{headers_size:x} bytes but the first section is loaded at RVA 0x{first_rva:x}"
             )
-        checksum = ChecksumAccumulator()
-        _empty(out)
-        out.write(b"\0" * headers_size)
-        position = headers_size
-
-        # Existing sections keep their RVAs; only their file offsets move.
         kept_headers: list[c.Container] = []
+        kept_written: list[WrittenSection] = []
+        pieces: list[_Piece] = []
         moves: list[tuple[int, int, int]] = []  # (old offset, length, new offset)
-        written: list[WrittenSection] = []
+        position = headers_size
         for section in self.kept:
             header = c.Container(section.header)
             header.Name = _short_name(section)
-            if section.raw_size:
-                raw_size = align_up(section.raw_size, file_alignment)
-                header.PointerToRawData = position
-                header.SizeOfRawData = raw_size
-                copy_range(
-                    self.source, section.raw_offset, section.raw_size, out, checksum, position
-                )
-                _pad(out, raw_size - section.raw_size)
-                moves.append((section.raw_offset, section.raw_size, position))
-                position += raw_size
-            else:
-                header.PointerToRawData = 0
             header.PointerToRelocations = 0
             header.PointerToLinenumbers = 0
             header.NumberOfRelocations = 0
             header.NumberOfLinenumbers = 0
             kept_headers.append(header)
-            written.append(
-                WrittenSection(
-                    section.name,
-                    int(header.VirtualAddress),
-                    int(header.VirtualSize),
-                    int(header.PointerToRawData),
-                    int(header.SizeOfRawData),
-                    None,
-                )
+            kept_written.append(
+                WrittenSection(section.name, section.virtual_address, int(header.VirtualSize), 0, 0)
             )
-
-        self._move_debug_pointers(out, moves, checksum)
-
-        new_headers, new_written, position, initialized = _append_sections(
-            new, out, checksum, position, self.layout_end(), image.section_alignment, file_alignment
-        )
+            pieces.append(
+                _Piece(StreamRange(self.source, section.raw_offset, section.raw_size, section.name))
+            )
+            if section.raw_size:
+                moves.append((section.raw_offset, section.raw_size, position))
+                position += align_up(section.raw_size, file_alignment)
+        pieces = self._with_debug_patches(pieces, moves)
+        pieces += [_Piece(added.payload) for added in new]
         optional = c.Container(image.optional)
-        optional.SizeOfInitializedData = (
-            int(image.optional.SizeOfInitializedData) + initialized
-        ) & 0xFFFFFFFF
         directories = [c.Container(d) for d in image.optional.DataDirectories]
         signature_removed = False
         if len(directories) > DIRECTORY_SECURITY and directories[DIRECTORY_SECURITY].Size:
@@ -535,38 +799,36 @@ class PeWriter:
         coff = c.Container(image.coff)
         coff.PointerToSymbolTable = 0
         coff.NumberOfSymbols = 0
-        size_of_image, total = _finish_headers(
-            out,
-            checksum,
+        layout = _Layout(
             dos=image.dos,
             coff=coff,
             optional=optional,
             optional_tail=image.optional_tail,
-            section_headers=kept_headers + new_headers,
             headers_size=headers_size,
-            file_size=position,
+            file_alignment=file_alignment,
+            kept=tuple(kept_headers),
+            kept_written=tuple(kept_written),
+            new=tuple(new),
+            new_cursor=self.layout_end(),
+            section_alignment=image.section_alignment,
+            initialized_base=int(image.optional.SizeOfInitializedData),
         )
-        return WriteResult(
-            sections=tuple(written + new_written),
-            size_of_image=size_of_image,
-            size_of_headers=headers_size,
-            checksum=total,
-            file_size=position,
-            dropped=self.dropped,
-            signature_removed=signature_removed,
-        )
+        return _write(
+            out, layout, pieces, dropped=self.dropped, signature_removed=signature_removed,
+            before_data=before_data,
+        )  # fmt: skip
 
-    def _move_debug_pointers(
-        self, out: BinaryIO, moves: Iterable[tuple[int, int, int]], checksum: ChecksumAccumulator
-    ) -> None:
-        """Debug directory entries hold file offsets: point them at the data's new place."""
+    def _with_debug_patches(
+        self, pieces: list[_Piece], moves: Sequence[tuple[int, int, int]]
+    ) -> list[_Piece]:
+        """Debug directory entries hold file offsets: point them at the data's new place. The
+        rewrite is known before anything is written, and made as the section is copied."""
         rva, length = self.image.directory(DIRECTORY_DEBUG)
         if not rva or not length:
-            return
+            return pieces
         table_offset = self.image.rva_to_offset(rva)
         if table_offset is None:
-            return
-        moves = list(moves)
+            return pieces
 
         def relocate(offset: int) -> int | None:
             for old, size, new in moves:
@@ -574,71 +836,40 @@ class PeWriter:
                     return new + (offset - old)
             return None
 
-        new_table = relocate(table_offset)
-        if new_table is None:
-            return
+        owner = next(
+            (
+                index
+                for index, section in enumerate(self.kept)
+                if section.raw_size
+                and section.raw_offset <= table_offset < section.raw_offset + section.raw_size
+            ),
+            None,
+        )
+        if owner is None:
+            return pieces
+        section = self.kept[owner]
+        patches = []
         for index in range(min(length // DEBUG_ENTRY_SIZE, 64)):
-            field_at = new_table + index * DEBUG_ENTRY_SIZE + DEBUG_POINTER_OFFSET
-            out.seek(field_at)
-            old_bytes = out.read(4)
+            field_at = table_offset + index * DEBUG_ENTRY_SIZE + DEBUG_POINTER_OFFSET
+            if field_at + 4 > section.raw_offset + section.raw_size:
+                break
+            self.source.seek(field_at)
+            old_bytes = self.source.read(4)
             if len(old_bytes) != 4:
-                return
+                break
             (pointer,) = struct.unpack("<I", old_bytes)
             moved = relocate(pointer) if pointer else 0
             new_bytes = struct.pack("<I", moved or 0)
             if new_bytes != old_bytes:
-                out.seek(field_at)
-                out.write(new_bytes)
-                checksum.replace(field_at, old_bytes, new_bytes)
-        out.seek(0, 2)
+                patches.append((field_at - section.raw_offset, old_bytes, new_bytes))
+        if not patches:
+            return pieces
+        result = list(pieces)
+        result[owner] = _Piece(pieces[owner].payload, tuple(patches))
+        return result
 
 
-def _append_sections(
-    new: Sequence[NewSection],
-    out: BinaryIO,
-    checksum: ChecksumAccumulator,
-    position: int,
-    cursor: int,
-    section_alignment: int,
-    file_alignment: int,
-) -> tuple[list[c.Container], list[WrittenSection], int, int]:
-    """Stream new sections' payloads at `position` (file) and after RVA `cursor`.
-
-    Returns their headers, what was written, the new file position and the raw bytes added."""
-    headers: list[c.Container] = []
-    written: list[WrittenSection] = []
-    added_raw = 0
-    for added in new:
-        rva = align_up(cursor, max(section_alignment, added.alignment, 1))
-        result: StreamResult = copy_stream(added.payload, out, checksum, position)
-        raw_size = align_up(result.size, file_alignment)
-        _pad(out, raw_size - result.size)
-        headers.append(
-            c.Container(
-                Name=encode_section_name(added.name),
-                VirtualSize=result.size,
-                VirtualAddress=rva,
-                SizeOfRawData=raw_size,
-                PointerToRawData=position if raw_size else 0,
-                PointerToRelocations=0,
-                PointerToLinenumbers=0,
-                NumberOfRelocations=0,
-                NumberOfLinenumbers=0,
-                Characteristics=added.characteristics,
-            )
-        )
-        written.append(
-            WrittenSection(added.name, rva, result.size, position, raw_size, result.sha256)
-        )
-        position += raw_size
-        added_raw += raw_size
-        cursor = rva + max(result.size, 1)
-    return headers, written, position, added_raw
-
-
-def _finish_headers(
-    out: BinaryIO,
-    checksum: ChecksumAccumulator,
+def _headers(
     *,
     dos: bytes,
     coff: c.Container,
@@ -646,9 +877,8 @@ def _finish_headers(
     optional_tail: bytes,
     section_headers: Sequence[c.Container],
     headers_size: int,
-    file_size: int,
-) -> tuple[int, int]:
-    """Write the headers over the zeros reserved for them; returns (SizeOfImage, CheckSum)."""
+) -> tuple[bytes, int]:
+    """The headers, CheckSum 0, padded to `headers_size`; and SizeOfImage."""
     end = max(
         [headers_size]
         + [
@@ -674,16 +904,7 @@ def _finish_headers(
     if len(headers) > headers_size:
         raise FormatError(f"headers need 0x{len(headers):x} bytes, more than 0x{headers_size:x}")
     headers += b"\0" * (headers_size - len(headers))
-    checksum.update(0, bytes(headers))
-    out.seek(0)
-    out.write(headers)
-    total = checksum.finish(file_size)
-    out.seek(len(dos) + 4 + CoffHeader.sizeof() + CHECKSUM_OFFSET_IN_OPTIONAL)
-    out.write(struct.pack("<I", total))
-    if out.seek(0, 2) != file_size:
-        out.truncate(file_size)
-    out.seek(file_size)
-    return size_of_image, total
+    return bytes(headers), size_of_image
 
 
 def _empty(out: BinaryIO) -> None:
@@ -721,6 +942,7 @@ def wrap_image(
     out: BinaryIO,
     *,
     inner_name: str = ".text",
+    before_data: HeadersHook | None = None,
 ) -> WriteResult:
     """A new PE whose first section is the whole `image` file, followed by new sections.
 
@@ -737,36 +959,19 @@ def wrap_image(
         if first is not None
         else SCN_CNT_CODE | SCN_MEM_READ | SCN_MEM_EXECUTE
     )
-    checksum = ChecksumAccumulator()
-    _empty(out)
-    out.write(b"\0" * WRAP_HEADERS_SIZE)
-    position = WRAP_HEADERS_SIZE
-    copy_range(source, 0, image.file_size, out, checksum, position)
     inner_raw = align_up(image.file_size, WRAP_FILE_ALIGNMENT)
-    _pad(out, inner_raw - image.file_size)
     inner_size = max(image.size_of_image, image.file_size)
     inner_header = c.Container(
         Name=encode_section_name(inner_name),
         VirtualSize=inner_size,
         VirtualAddress=inner_rva,
         SizeOfRawData=inner_raw,
-        PointerToRawData=position,
+        PointerToRawData=WRAP_HEADERS_SIZE,
         PointerToRelocations=0,
         PointerToLinenumbers=0,
         NumberOfRelocations=0,
         NumberOfLinenumbers=0,
         Characteristics=inner_characteristics,
-    )
-    written = [WrittenSection(inner_name, inner_rva, inner_size, position, inner_raw, None)]
-    position += inner_raw
-    new_headers, new_written, position, added_raw = _append_sections(
-        new,
-        out,
-        checksum,
-        position,
-        inner_rva + inner_size,
-        WRAP_SECTION_ALIGNMENT,
-        WRAP_FILE_ALIGNMENT,
     )
     dos = bytearray(0x40)
     dos[:2] = b"MZ"
@@ -785,7 +990,7 @@ def wrap_image(
         MajorLinkerVersion=0,
         MinorLinkerVersion=0,
         SizeOfCode=inner_raw,
-        SizeOfInitializedData=added_raw,
+        SizeOfInitializedData=0,
         SizeOfUninitializedData=0,
         AddressOfEntryPoint=int(image.optional.AddressOfEntryPoint) + inner_rva,
         BaseOfCode=inner_rva,
@@ -814,23 +1019,41 @@ def wrap_image(
         DataDirectories=[c.Container(VirtualAddress=0, Size=0) for _ in range(16)],
     )
     coff.SizeOfOptionalHeader = len(OptionalHeader.build(optional))
-    size_of_image, total = _finish_headers(
-        out,
-        checksum,
+    layout = _Layout(
         dos=bytes(dos),
         coff=coff,
         optional=optional,
         optional_tail=b"",
-        section_headers=[inner_header, *new_headers],
         headers_size=WRAP_HEADERS_SIZE,
-        file_size=position,
+        file_alignment=WRAP_FILE_ALIGNMENT,
+        kept=(inner_header,),
+        kept_written=(WrittenSection(inner_name, inner_rva, inner_size, 0, 0),),
+        new=tuple(new),
+        new_cursor=inner_rva + inner_size,
+        section_alignment=WRAP_SECTION_ALIGNMENT,
+        initialized_base=0,
     )
-    return WriteResult(
-        sections=tuple(written + new_written),
-        size_of_image=size_of_image,
-        size_of_headers=WRAP_HEADERS_SIZE,
-        checksum=total,
-        file_size=position,
-        dropped=(),
-        signature_removed=image.signature is not None,
-    )
+    pieces = [_Piece(StreamRange(source, 0, image.file_size, inner_name))]
+    pieces += [_Piece(added.payload) for added in new]
+    return _write(
+        out, layout, pieces, dropped=(), signature_removed=image.signature is not None,
+        before_data=before_data,
+    )  # fmt: skip
+
+
+class _HeadersOnly(io.BytesIO):
+    """The headers of a file of `file_size` bytes, for parsing them before the file exists."""
+
+    def __init__(self, headers: bytes, file_size: int) -> None:
+        super().__init__(headers)
+        self.file_size = file_size
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        if whence == 2:
+            return super().seek(self.file_size + offset)
+        return super().seek(offset, whence)
+
+
+def parse_headers(headers: bytes, file_size: int) -> PeImage:
+    """What `parse` reads of a file that holds `headers` and is `file_size` bytes long."""
+    return parse(_HeadersOnly(headers, file_size))

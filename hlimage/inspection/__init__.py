@@ -13,13 +13,13 @@ from collections.abc import Callable, Generator
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from hlimage import trust
 from hlimage.errors import FormatError, HlimageError
 from hlimage.formats import fat, fdt, gpt, pe, xencfg
+from hlimage.formats.payload import Region
 from hlimage.inputs import probe_initrd, probe_kernel
 from hlimage.inspection import uboot as uboot_inspection
 from hlimage.inspection.device_tree import describe_dtb
-from hlimage.streams import Region
+from hlimage.secureboot import trust
 
 XSM_MAGIC = 0xF97CFF8C
 SECTION_FLAGS = (

@@ -6,7 +6,7 @@ from typing import Any
 
 from hlimage.errors import FormatError
 from hlimage.formats import fdt
-from hlimage.streams import Region
+from hlimage.formats.payload import Region
 
 CAPABILITIES = {1: "control", 2: "hardware", 4: "xenstore"}
 MODES = {0: "pvh", 1: "pv", 2: "hvm"}

@@ -16,8 +16,8 @@ from typing import Any
 
 from hlimage.errors import FormatError
 from hlimage.formats import fdt, linux, uimage
+from hlimage.formats.payload import Region
 from hlimage.inspection.device_tree import describe_dtb
-from hlimage.streams import Region
 from hlimage.xen import uboot
 
 UIMAGE_MAGIC = uimage.MAGIC.to_bytes(4, "big")

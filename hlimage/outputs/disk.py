@@ -10,20 +10,21 @@ mkfs is needed. Free space is left as holes: the image is sparse.
 from __future__ import annotations
 
 import contextlib
-import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from hlimage.atomic import TEMP_MARK, atomic_file
 from hlimage.errors import FormatError, HlimageError
 from hlimage.formats import fat, gpt
+from hlimage.formats.payload import Payload
 from hlimage.model import System
 from hlimage.outputs import esp, registry, uboot
 from hlimage.planned import PlannedFile, Role
-from hlimage.report import Artifact, BuildReport
+from hlimage.plumbing import streams
+from hlimage.plumbing.atomic import atomic_file
+from hlimage.plumbing.streams import Tracked
+from hlimage.report import Artifact, BuildReport, PeDigests
 from hlimage.source_date import source_date_epoch
-from hlimage.streams import Payload, Region, copy_stream
 
 MIB = 1 << 20
 LABEL = "HLIMAGE"
@@ -51,29 +52,10 @@ def volume_size_for(disk_size: int) -> int:
 
 @contextlib.contextmanager
 def _sized(files: Sequence[PlannedFile], output: Path) -> Iterator[list[tuple[str, Payload]]]:
-    """(path, payload) pairs whose sizes are all known.
-
-    The FAT writer puts a file's size in its directory entry before its data, so a payload
-    whose size is known only once produced (an initrd recompressed to LZ4) is spooled to a
-    file beside the output first, never to memory; a killed build's spool is cleaned up like
-    any other temporary of that output.
-    """
-    if all(item.payload.exact_size is not None for item in files):
-        yield [(item.name, item.payload) for item in files]
-        return
-    with tempfile.TemporaryDirectory(
-        dir=output.parent, prefix=f".{output.name}.", suffix=TEMP_MARK
-    ) as scratch:
-        sized: list[tuple[str, Payload]] = []
-        for index, item in enumerate(files):
-            payload = item.payload
-            if payload.exact_size is None:
-                spool = Path(scratch) / str(index)
-                with spool.open("wb") as out:
-                    copy_stream(payload, out)
-                payload = Region(spool, label=payload.label)
-            sized.append((item.name, payload))
-        yield sized
+    """(path, payload) pairs whose sizes are all known: the FAT writer puts a file's size in
+    its directory entry before its data."""
+    with streams.sized([item.payload for item in files], output) as payloads:
+        yield [(item.name, payload) for item, payload in zip(files, payloads, strict=True)]
 
 
 def least_disk_size(files: Sequence[tuple[str, Payload]]) -> int:
@@ -106,49 +88,43 @@ def plan_volume(files: Sequence[tuple[str, Payload]], size: int | None) -> tuple
     return volume, size
 
 
-def _identity(disk_size: int, written: Sequence[fat.WrittenFile]) -> list[bytes]:
+def _identity(disk_size: int, files: Sequence[tuple[str, Tracked]]) -> list[bytes]:
     """What the GUIDs and the volume id are derived from: the disk's size and each file's path
     and digest, which the write has just computed (deriving them first would read every input
     twice)."""
     parts = [b"hlimage disk", disk_size.to_bytes(8, "little")]
-    for item in written:
-        parts.append(f"{item.path}\0{item.size}\0{item.sha256}".encode())
+    for path, tracked in files:
+        parts.append(f"{path}\0{tracked.size}\0{tracked.sha256}".encode())
     return parts
-
-
-def _set_volume_id(out: BinaryIO, offset: int, fat_type: int, volume_id: int) -> None:
-    """Put the volume id into the boot sector (and FAT32's backup copy, which must match)."""
-    structure = fat.BootSector32 if fat_type == 32 else fat.BootSector16
-    sectors = (0, fat.FAT32_BACKUP_BOOT_SECTOR) if fat_type == 32 else (0,)
-    for sector in sectors:
-        position = offset + sector * fat.SECTOR
-        out.seek(position)
-        boot = structure.parse(out.read(fat.SECTOR))
-        if fat_type == 32:
-            boot.fat32.volume_id = volume_id
-        else:
-            boot.volume_id = volume_id
-        out.seek(position)
-        out.write(structure.build(boot))
 
 
 def write(
     out: BinaryIO, volume: fat.Plan, disk_size: int, *, timestamp: int
 ) -> tuple[gpt.Partition, tuple[fat.WrittenFile, ...]]:
     """Write the disk into `out`, a new empty file: FAT volume first, then the GPT, whose
-    GUIDs depend on the digests the FAT write computes."""
+    GUIDs depend on the digests of the files, computed as the FAT write copies them (every
+    payload in `volume` is a Tracked one)."""
     extent = gpt.layout([volume.size]).extents[0]
     # The writer leaves free clusters alone: in a fresh file they are holes that read as zeros.
     out.truncate(disk_size)
     written = fat.write(out, extent.offset, volume, timestamp=timestamp)
-    identity = _identity(disk_size, written)
+    identity = _identity(disk_size, [(path, _tracked(p)) for path, p in volume.payloads])
     volume_id = int.from_bytes(gpt.guid_from(b"volume id", *identity).bytes[:4], "little")
-    _set_volume_id(out, extent.offset, volume.fat_type, volume_id)
+    fat.set_volume_id(out, extent.offset, volume, volume_id)
     partition = gpt.Partition.at(
         extent, gpt.ESP_TYPE, gpt.guid_from(b"partition", *identity), PARTITION_NAME
     )
     gpt.write_headers(out, disk_size, [partition], gpt.guid_from(b"disk", *identity))
     return partition, written
+
+
+def _pe_ranges(path: str, payload: Payload) -> tuple[tuple[int, int], ...] | None:
+    return esp.authenticode_ranges(payload) if esp.is_pe_name(path) else None
+
+
+def _tracked(payload: Payload) -> Tracked:
+    assert isinstance(payload, Tracked), "the disk's files are planned as Tracked payloads"
+    return payload
 
 
 def _self_check(
@@ -163,16 +139,18 @@ def _self_check(
         raise AssertionError(f"disk writer bug: read back {partitions} {listed}, meant {meant}")
 
 
-def _write_files(
-    files: Sequence[PlannedFile], output: Path, size: int | None
-) -> dict[str, fat.WrittenFile]:
-    """The disk image of `files` at `output`; what was written, by path."""
+def _write_files(files: Sequence[PlannedFile], output: Path, size: int | None) -> list[Tracked]:
+    """The disk image of `files` at `output`; each file's payload as it was written (its size
+    and digests), in the order given."""
     timestamp = source_date_epoch()
     with atomic_file(output) as out, _sized(files, output) as sized:
-        volume, disk_size = plan_volume(sized, size)
+        tracked = [
+            (path, Tracked(payload, ranges=_pe_ranges(path, payload))) for path, payload in sized
+        ]
+        volume, disk_size = plan_volume(tracked, size)
         partition, written = write(out, volume, disk_size, timestamp=timestamp)
         _self_check(out, partition, written)
-    return {item.path: item for item in written}
+    return [copied for _, copied in tracked]
 
 
 def build(
@@ -195,25 +173,29 @@ def build(
         with uboot.spooled(uboot.modules(system), output) as sized:
             planned = fit_output.boot(system, sized, signer=signer)
             payload = FitPayload(planned.fit, signer, label=FIT_FILE)
-            item = PlannedFile(FIT_FILE, payload, Role.BOOT)
-            result = _write_files([item], output, size)[FIT_FILE]
-        assert payload.result is not None
+            (copied,) = _write_files([PlannedFile(FIT_FILE, payload, Role.BOOT)], output, size)
+        assert payload.result is not None and copied.size is not None
         how = "FIT: Xen, its device tree, every module and the boot script"
         report.artifacts = [
-            Artifact(FIT_FILE, Role.BOOT.value, result.size, result.sha256, how),
+            Artifact(FIT_FILE, Role.BOOT.value, copied.size, copied.sha256, how),
             *fit_output.artifacts(planned, payload.result.sha256, prefix=f"{FIT_FILE}:"),
         ]
         return report
     if loader == "uboot":
         with uboot.planned_files(system, output) as planned_tree:
             files = planned_tree.files
-            by_path = _write_files(files, output, size)
+            tracked = _write_files(files, output, size)
     else:
         files = esp.files(system)
-        by_path = _write_files(files, output, size)
-    for item in files:
-        result = by_path[item.name]
-        report.artifacts.append(esp.artifact(item, result.size, result.sha256))
+        tracked = _write_files(files, output, size)
+    for item, copied in zip(files, tracked, strict=True):
+        assert copied.size is not None
+        report.artifacts.append(esp.artifact(item, copied.size, copied.sha256))
+        if copied.sha256 is not None and copied.ranged_sha256 is not None:
+            report.pe_images[item.name] = PeDigests(
+                item.name, copied.size, copied.sha256, copied.ranged_sha256,
+                esp.pe_signers(item.payload),
+            )  # fmt: skip
     return report
 
 

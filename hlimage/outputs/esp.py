@@ -9,12 +9,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from hlimage.atomic import atomic_directory
+from hlimage.errors import FormatError
+from hlimage.formats import pe
+from hlimage.formats.payload import BytesPayload, Payload, Region
 from hlimage.model import Arch, System
 from hlimage.outputs import registry
 from hlimage.planned import PlannedFile, Role
-from hlimage.report import Artifact, BuildReport
-from hlimage.streams import BytesPayload, Region, copy_stream
+from hlimage.plumbing.atomic import atomic_directory
+from hlimage.plumbing.streams import copy_stream
+from hlimage.report import Artifact, BuildReport, PeDigests
 from hlimage.xen import binding, policy
 from hlimage.xen import modules as boot_modules
 from hlimage.xen.probe import XenEfi, probe_system_efi
@@ -58,26 +61,64 @@ def files(system: System, xen: XenEfi | None = None) -> list[PlannedFile]:
     return planned
 
 
-def artifact(item: PlannedFile, size: int, sha256: str) -> Artifact:
+def artifact(item: PlannedFile, size: int, sha256: str | None) -> Artifact:
     return Artifact(item.name, item.role.value, size, sha256, item.payload.label, item.domain_name)
 
 
-def write_tree(files: list[PlannedFile], root: Path) -> list[Artifact]:
-    artifacts = []
+def write_tree(
+    files: list[PlannedFile], root: Path, report: BuildReport, *, digests: bool = True
+) -> None:
+    """Copy the files under `root`; their digests (and a PE file's Authenticode digest)
+    computed on the way, for the report."""
     for item in files:
         target = root / item.name
         target.parent.mkdir(parents=True, exist_ok=True)
+        ranges = authenticode_ranges(item.payload) if digests and is_pe_name(item.name) else None
         with target.open("wb") as out:
-            result = copy_stream(item.payload, out)
-        artifacts.append(artifact(item, result.size, result.sha256))
-    return artifacts
+            result = copy_stream(item.payload, out, digest=digests, ranges=ranges)
+        assert result.size is not None
+        report.artifacts.append(artifact(item, result.size, result.sha256))
+        if result.sha256 is not None and result.ranged_sha256 is not None:
+            report.pe_images[item.name] = PeDigests(
+                item.name, result.size, result.sha256, result.ranged_sha256
+            )
 
 
-def build(system: System, output: Path) -> BuildReport:
+def is_pe_name(name: str) -> bool:
+    return name.lower().endswith(".efi")
+
+
+def pe_signers(payload: Payload) -> tuple[str, ...]:
+    """Who signed a PE file that is copied whole (a signed xen.efi), read from its
+    certificate table."""
+    from hlimage.secureboot.signers import signers
+
+    plain = payload.plain()
+    if not isinstance(plain, Region) or plain.offset:
+        return ()
+    return tuple(signers(plain.path))
+
+
+def authenticode_ranges(payload: Payload) -> tuple[tuple[int, int], ...] | None:
+    """What the Authenticode hash of a PE file covers, read from its headers; None for a
+    payload that is not a whole PE file."""
+    from hlimage.formats import authenticode  # cryptography: only for builds that digest
+
+    plain = payload.plain()
+    if not isinstance(plain, Region) or plain.offset:
+        return None
+    try:
+        with plain.path.open("rb") as stream:
+            return authenticode.hash_layout(pe.parse(stream)).all_ranges
+    except (FormatError, OSError):
+        return None
+
+
+def build(system: System, output: Path, *, digests: bool = True) -> BuildReport:
     planned = files(system)
     report = BuildReport("esp", output)
     with atomic_directory(output) as temporary:
-        report.artifacts = write_tree(planned, temporary)
+        write_tree(planned, temporary, report, digests=digests)
     return report
 
 
@@ -92,7 +133,7 @@ def plan(system: System) -> None:
 
 
 def _build(system: System, output: Path, options: registry.BuildOptions) -> BuildReport:
-    return build(system, output)
+    return build(system, output, digests=options.digests)
 
 
 registry.register(

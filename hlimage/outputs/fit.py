@@ -17,16 +17,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hlimage.atomic import atomic_file
+from hlimage import __version__
 from hlimage.errors import FormatError, HlimageError
 from hlimage.formats import fdt, fit
+from hlimage.formats.payload import Payload, Region
 from hlimage.model import Arch, System
 from hlimage.outputs import registry
 from hlimage.outputs import uboot as uboot_output
 from hlimage.planned import Role
+from hlimage.plumbing.atomic import atomic_file
 from hlimage.report import Artifact, BuildReport
 from hlimage.source_date import source_date_epoch
-from hlimage.streams import Payload, Region
 from hlimage.xen import uboot
 from hlimage.xen.modules import Module
 
@@ -184,11 +185,11 @@ def signer_of(signing: Any) -> fit.FitSigner | None:
     """The FIT signer of a --key (trust.SigningKey), named by the key file's stem."""
     if signing is None:
         return None
-    from hlimage import sign
+    from hlimage.secureboot import sign
 
     private = sign.load_private_key(signing.key_pem, signing.password)
     hint = _UNSAFE.sub("_", signing.name) or "hlimage"
-    signer = fit.FitSigner(private, hint)
+    signer = fit.FitSigner(private, hint, __version__)
     if signer.bits not in fit.RSA_BITS:
         raise HlimageError(
             f"--key: a {signer.bits}-bit RSA key; U-Boot verifies FIT signatures of "

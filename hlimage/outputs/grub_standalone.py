@@ -9,15 +9,17 @@ import subprocess
 import tarfile
 from pathlib import Path
 
-from hlimage.atomic import atomic_file, scratch_directory
 from hlimage.errors import HlimageError
-from hlimage.messages import warn
+from hlimage.formats.payload import Region
 from hlimage.model import Arch, System
 from hlimage.outputs import registry
+from hlimage.outputs.esp import authenticode_ranges
 from hlimage.outputs.grub_directory import config_text, plan, write_files
-from hlimage.report import BuildReport
+from hlimage.plumbing.atomic import atomic_file, scratch_directory
+from hlimage.plumbing.messages import warn
+from hlimage.plumbing.streams import copy_stream
+from hlimage.report import BuildReport, PeDigests
 from hlimage.source_date import source_date_epoch
-from hlimage.streams import copy_range
 from hlimage.xen import grub_entry
 
 PLATFORMS = {Arch.X86_64: "x86_64-efi", Arch.ARM64: "arm64-efi"}
@@ -64,7 +66,12 @@ def _memdisk(
 
 
 def build(
-    system: System, output: Path, *, lib: Path | None = None, epoch: int | None = None
+    system: System,
+    output: Path,
+    *,
+    lib: Path | None = None,
+    epoch: int | None = None,
+    digests: bool = True,
 ) -> BuildReport:
     """One GRUB EFI image: core with memdisk and tar, everything else in the memdisk, whose
     root the config addresses (`/xen.gz` is `(memdisk)/xen.gz`)."""
@@ -92,7 +99,7 @@ def build(
         config.write_text(config_text(system, stanza))
         payloads = stage / "files"
         payloads.mkdir()
-        report.artifacts = write_files(stanza, payloads)
+        report.artifacts = write_files(stanza, payloads, digests=digests)
         contents = [("boot/grub/grub.cfg", config)]
         contents += [(item.name, payloads / item.name) for item in stanza.files]
         memdisk = _memdisk(stage, directory, platform, contents, stamp)
@@ -107,13 +114,19 @@ def build(
                 f"grub-mkimage failed: {' '.join(result.stderr.strip().splitlines()[-1:])}",
                 where=system.source,
             )
-        with atomic_file(output) as out, image.open("rb") as built:
-            copy_range(built, 0, image.stat().st_size, out)
+        built = Region(image)
+        ranges = authenticode_ranges(built) if digests else None
+        with atomic_file(output) as out:
+            copied = copy_stream(built, out, digest=digests, ranges=ranges)
+        if copied.sha256 is not None and copied.ranged_sha256 is not None:
+            report.pe_images[output.name] = PeDigests(
+                output.name, built.length, copied.sha256, copied.ranged_sha256
+            )
     return report
 
 
 def _build(system: System, output: Path, options: registry.BuildOptions) -> BuildReport:
-    return build(system, output, lib=options.grub_lib)
+    return build(system, output, lib=options.grub_lib, digests=options.digests)
 
 
 registry.register(

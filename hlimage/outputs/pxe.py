@@ -12,13 +12,13 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from hlimage.atomic import atomic_directory
 from hlimage.errors import HlimageError
-from hlimage.messages import note
 from hlimage.model import Arch, System
 from hlimage.outputs import esp, grub_standalone, registry, uboot, unified
+from hlimage.plumbing.atomic import atomic_directory
+from hlimage.plumbing.messages import note
+from hlimage.plumbing.streams import copy_stream
 from hlimage.report import Artifact, BuildReport
-from hlimage.streams import copy_stream, file_sha256
 from hlimage.xen import binding, grub_entry, policy
 from hlimage.xen.probe import probe_efi
 
@@ -76,22 +76,31 @@ def plan(system: System) -> None:
     grub_entry.stanza(system)
 
 
-def build(system: System, output: Path, *, grub_lib: Path | None = None) -> BuildReport:
+def build(
+    system: System, output: Path, *, grub_lib: Path | None = None, digests: bool = True
+) -> BuildReport:
     boot_file = boot_file_name(system.arch)
     report = BuildReport("pxe", output)
     with atomic_directory(output) as temporary:
         if _through_unified(system):
-            inner = unified.build(system, temporary / boot_file)
+            inner = unified.build(system, temporary / boot_file, digests=digests)
             how = "a unified xen.efi"
         else:
             _check_grub_route(system)
-            inner = grub_standalone.build(system, temporary / boot_file, lib=grub_lib)
+            inner = grub_standalone.build(
+                system, temporary / boot_file, lib=grub_lib, digests=digests
+            )
             how = "GRUB with Xen and every module in its memdisk"
             note(f"{boot_file}: {how} (xen.efi over the network needs Xen 4.22)")
         (temporary / "README.txt").write_text(readme(system, boot_file, how))
         boot = temporary / boot_file
+        # Its digests were computed as it was written.
+        written = inner.pe_images.get(boot_file)
+        report.pe_images = dict(inner.pe_images)
         report.artifacts = [
-            Artifact(boot_file, "boot", boot.stat().st_size, file_sha256(boot), how),
+            Artifact(
+                boot_file, "boot", boot.stat().st_size, written.sha256 if written else None, how
+            ),
             # What the boot file carries, named as inside it.
             *(replace(item, name=f"{boot_file}:{item.name}") for item in inner.artifacts),
         ]
@@ -120,7 +129,9 @@ QEMU (user networking, no disk): -netdev user,id=n0,tftp=DIR -device virtio-net-
 """
 
 
-def build_uboot(system: System, output: Path, loader: str, signing: Any = None) -> BuildReport:
+def build_uboot(
+    system: System, output: Path, loader: str, signing: Any = None, *, digests: bool = True
+) -> BuildReport:
     """A TFTP root that U-Boot boots: the uboot tree, or the FIT as boot.scr.uimg."""
     report = BuildReport("pxe", output)
     if loader == "fit":
@@ -136,9 +147,9 @@ def build_uboot(system: System, output: Path, loader: str, signing: Any = None) 
             planned = fit_output.boot(system, sized, signer=signer)
             payload = FitPayload(planned.fit, signer, label=UBOOT_SCRIPT)
             with (temporary / UBOOT_SCRIPT).open("wb") as out:
-                result = copy_stream(payload, out)
+                result = copy_stream(payload, out, digest=digests)
             (temporary / "README.txt").write_text(uboot_readme(system, how))
-            assert payload.result is not None
+            assert payload.result is not None and result.size is not None
             report.artifacts = [
                 Artifact(UBOOT_SCRIPT, "boot", result.size, result.sha256, how),
                 *fit_output.artifacts(planned, payload.result.sha256, prefix=f"{UBOOT_SCRIPT}:"),
@@ -146,7 +157,7 @@ def build_uboot(system: System, output: Path, loader: str, signing: Any = None) 
         return report
     how = "a U-Boot script that loads the files beside it over TFTP"
     with uboot.planned_files(system, output) as planned_tree, atomic_directory(output) as temporary:
-        report.artifacts = esp.write_tree(planned_tree.files, temporary)
+        esp.write_tree(planned_tree.files, temporary, report, digests=digests)
         (temporary / "README.txt").write_text(uboot_readme(system, how))
     return report
 
@@ -157,8 +168,8 @@ def _build(system: System, output: Path, options: registry.BuildOptions) -> Buil
             raise HlimageError(
                 f"--grub-lib: --loader {options.loader} boots without GRUB; drop --grub-lib"
             )
-        return build_uboot(system, output, options.loader, options.signing)
-    return build(system, output, grub_lib=options.grub_lib)
+        return build_uboot(system, output, options.loader, options.signing, digests=options.digests)
+    return build(system, output, grub_lib=options.grub_lib, digests=options.digests)
 
 
 registry.register(

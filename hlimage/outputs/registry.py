@@ -38,6 +38,9 @@ class BuildOptions:
     signing: Any = None
     """The --key a Signing.SELF format signs its own output with (trust.SigningKey); set by
     the build, not an option of its own."""
+    digests: bool = True
+    """Whether the build computes the digests the manifest prints (not under --no-manifest):
+    not an option a user gives, so not in OPTIONS."""
 
     def given(self) -> list[str]:
         return [name for name, option in OPTIONS.items() if getattr(self, name) != option.unset]

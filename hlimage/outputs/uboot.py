@@ -15,15 +15,16 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from hlimage.atomic import atomic_directory, scratch_directory
 from hlimage.errors import FormatError, HlimageError
 from hlimage.formats import uimage
+from hlimage.formats.payload import BytesPayload, Region
 from hlimage.model import Arch, System
 from hlimage.outputs import esp, registry
 from hlimage.planned import PlannedFile, Role
+from hlimage.plumbing import streams
+from hlimage.plumbing.atomic import atomic_directory
 from hlimage.report import BuildReport
 from hlimage.source_date import source_date_epoch
-from hlimage.streams import BytesPayload, Region, copy_stream
 from hlimage.xen import modules as boot_modules
 from hlimage.xen import policy, uboot
 from hlimage.xen.modules import Module
@@ -71,20 +72,11 @@ def measured_sizes(found: Sequence[Module]) -> list[int]:
 def spooled(found: Sequence[Module], output: Path) -> Iterator[list[Module]]:
     """The modules with sizes known: one whose size is known only once it is made is written
     to a file beside the output first (the device tree's `reg` states every size)."""
-    if all(module.payload.exact_size is not None for module in found):
-        yield list(found)
-        return
-    with scratch_directory(output) as scratch:
-        sized = []
-        for index, module in enumerate(found):
-            payload = module.payload
-            if payload.exact_size is None:
-                spool = scratch / str(index)
-                with spool.open("wb") as out:
-                    copy_stream(payload, out)
-                module = replace(module, payload=Region(spool, label=payload.label))
-            sized.append(module)
-        yield sized
+    with streams.sized([module.payload for module in found], output) as payloads:
+        yield [
+            module if payload is module.payload else replace(module, payload=payload)
+            for module, payload in zip(found, payloads, strict=True)
+        ]
 
 
 def script_image(text: str) -> bytes:
@@ -143,15 +135,15 @@ def planned_files(system: System, output: Path) -> Iterator[UBootBoot]:
         yield boot(system, sized)
 
 
-def build(system: System, output: Path) -> BuildReport:
+def build(system: System, output: Path, *, digests: bool = True) -> BuildReport:
     report = BuildReport("uboot", output)
     with planned_files(system, output) as planned, atomic_directory(output) as temporary:
-        report.artifacts = esp.write_tree(planned.files, temporary)
+        esp.write_tree(planned.files, temporary, report, digests=digests)
     return report
 
 
 def _build(system: System, output: Path, options: registry.BuildOptions) -> BuildReport:
-    return build(system, output)
+    return build(system, output, digests=options.digests)
 
 
 registry.register(

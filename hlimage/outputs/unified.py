@@ -6,25 +6,30 @@ more section headers, so a new PE wraps the whole of it (docs/xen-boot-formats.m
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
+from typing import BinaryIO
 
 import pefile
 
-from hlimage.atomic import atomic_file
 from hlimage.errors import FormatError, HlimageError
 from hlimage.formats import pe
-from hlimage.messages import note, warn
 from hlimage.model import System
 from hlimage.outputs import registry
 from hlimage.planned import PlannedFile
-from hlimage.report import Artifact, BuildReport
+from hlimage.plumbing import streams
+from hlimage.plumbing.atomic import atomic_file
+from hlimage.plumbing.messages import note, warn
+from hlimage.report import Artifact, BuildReport, PeDigests
 from hlimage.xen import binding, efi, policy
 from hlimage.xen.probe import XenEfi, probe_system_efi
 
 
-def build(system: System, output: Path, *, replace: bool = False) -> BuildReport:
+def build(
+    system: System, output: Path, *, replace: bool = False, digests: bool = True
+) -> BuildReport:
     xen, plan = sections(system)
-    return write(system, xen, output, plan, replace=replace)
+    return write(system, xen, output, plan, replace=replace, digests=digests)
 
 
 def plan(system: System) -> None:
@@ -40,8 +45,18 @@ def sections(system: System) -> tuple[XenEfi, list[PlannedFile]]:
 
 
 def write(
-    system: System, xen: XenEfi, output: Path, plan: list[PlannedFile], *, replace: bool
+    system: System,
+    xen: XenEfi,
+    output: Path,
+    plan: list[PlannedFile],
+    *,
+    replace: bool,
+    digests: bool = True,
 ) -> BuildReport:
+    """Write the image. With `digests`, every digest the manifest prints (each section's
+    payload, the image's sha256 and Authenticode digest) is computed on the one pass that
+    writes it: the headers go first then, so a payload whose size is known only once produced
+    is spooled first."""
     layout = efi.unified_layout(system.arch)
     names = {section.name for section in plan}
     present = [s.name for s in xen.image.sections if s.name in names]
@@ -51,48 +66,85 @@ def write(
             f"[xen] efi: already has {', '.join(present)}; give a plain xen.efi, or {fix}",
             where=xen.path,
         )
-    new = [pe.NewSection(s.name, s.payload, alignment=layout.module_align) for s in plan]
-    with xen.path.open("rb") as source:
+    with contextlib.ExitStack() as stack:
+        payloads = [s.payload for s in plan]
+        if digests:
+            payloads = stack.enter_context(streams.sized(payloads, output))
+        tracked = [streams.Tracked(payload, digest=digests) for payload in payloads]
+        new = [
+            pe.NewSection(s.name, payload, alignment=layout.module_align)
+            for s, payload in zip(plan, tracked, strict=True)
+        ]
+        with xen.path.open("rb") as source:
+            try:
+                written, result = _write_image(system, xen, source, output, new, digests=digests)
+            except FormatError as error:
+                raise HlimageError(f"[xen] efi: {error}", where=xen.path) from None
+    report = BuildReport("unified", output)
+    for section, copied in zip(plan, tracked, strict=True):
+        assert copied.size is not None
+        report.artifacts.append(
+            Artifact(
+                section.name, section.role.value, copied.size, copied.sha256,
+                section.payload.label,
+            )
+        )  # fmt: skip
+    if "sha256" in written and "authenticode_sha256" in written:
+        report.pe_images[output.name] = PeDigests(
+            output.name, result.file_size, written["sha256"], written["authenticode_sha256"]
+        )
+    return report
+
+
+def _write_image(
+    system: System,
+    xen: XenEfi,
+    source: BinaryIO,
+    output: Path,
+    new: list[pe.NewSection],
+    *,
+    digests: bool,
+) -> tuple[dict[str, str], pe.WriteResult]:
+    layout = efi.unified_layout(system.arch)
+    names = {section.name for section in new}
+    with atomic_file(output) as raw:
+        out = streams.Watched(raw, whole=digests)
+
+        def before_data(headers: bytes, file_size: int) -> None:
+            # Here, not at the top: authenticode brings in cryptography (0.1 s), which a build
+            # that computes no digests (--no-manifest) need not pay.
+            from hlimage.formats import authenticode
+
+            image = pe.parse_headers(headers, file_size)
+            out.add_ranged("authenticode_sha256", authenticode.hash_layout(image).all_ranges)
+
+        hook = before_data if digests else None
         try:
             if layout.in_place:
 
                 def drop(section: pe.Section) -> bool:
-                    return section.is_debug or (replace and section.name in names)
+                    return section.is_debug or section.name in names
 
                 writer = pe.PeWriter(source, xen.image, drop=drop)
                 # Known sizes only: an estimate (of an initrd still to be recompressed) could
                 # refuse an image that fits; the check after writing sees the real end.
-                known = [(s.payload.exact_size or 0, layout.module_align) for s in plan]
+                known = [(s.payload.exact_size or 0, layout.module_align) for s in new]
                 _check_load_limit(system, layout, writer.plan_rvas(known)[-1] + known[-1][0])
-                _warn_before_writing(xen, plan)
-                with atomic_file(output) as out:
-                    result = writer.write(new, out)
-                    _check_load_limit(system, layout, result.size_of_image)
-                    out.flush()
-                    _self_check(out.name, result)
+                _warn_before_writing(xen, new)
+                result = writer.write(new, out.as_binary(), before_data=hook)
+                _check_load_limit(system, layout, result.size_of_image)
             else:
-                _warn_before_writing(xen, plan)
-                with atomic_file(output) as out:
-                    result = pe.wrap_image(source, xen.image, new, out)
-                    out.flush()
-                    _self_check(out.name, result)
-        except FormatError as error:
-            raise HlimageError(f"[xen] efi: {error}", where=xen.path) from None
-    report = BuildReport("unified", output)
-    by_name = {s.name: s for s in result.sections}
-    for section in plan:
-        written = by_name[section.name]
-        assert written.sha256 is not None
-        report.artifacts.append(
-            Artifact(
-                section.name, section.role.value, written.virtual_size, written.sha256,
-                section.payload.label,
-            )
-        )  # fmt: skip
-    return report
+                _warn_before_writing(xen, new)
+                result = pe.wrap_image(source, xen.image, new, out.as_binary(), before_data=hook)
+            written = out.digests() if digests else {}
+        finally:
+            out.abandon()
+        out.flush()
+        _self_check(raw.name, result)
+    return written, result
 
 
-def _warn_before_writing(xen: XenEfi, plan: list[PlannedFile]) -> None:
+def _warn_before_writing(xen: XenEfi, plan: list[pe.NewSection]) -> None:
     """Once the build is known to go ahead, so that a refused build prints only its error."""
     if xen.signed:
         warn(
@@ -135,7 +187,7 @@ def _self_check(path: str, result: pe.WriteResult) -> None:
 
 
 def _build(system: System, output: Path, options: registry.BuildOptions) -> BuildReport:
-    return build(system, output, replace=options.replace)
+    return build(system, output, replace=options.replace, digests=options.digests)
 
 
 registry.register(

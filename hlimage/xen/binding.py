@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from hlimage.errors import HlimageError
+from hlimage.formats.payload import Payload
 from hlimage.formats.xencfg import XenConfig
 from hlimage.model import Arch, Binding, System
-from hlimage.streams import Payload
 
 if TYPE_CHECKING:
     from hlimage.planned import PlannedFile

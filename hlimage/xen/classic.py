@@ -7,9 +7,9 @@ loads it as the first module after Xen (multiboot2 on x86, xen_module on arm64).
 from __future__ import annotations
 
 from hlimage.formats.grubcfg import words
+from hlimage.formats.payload import Region
 from hlimage.model import Arch, Binding, Domain, System
 from hlimage.planned import PlannedFile, Role
-from hlimage.streams import Region
 from hlimage.xen import efi, grub_entry, policy
 from hlimage.xen import modules as boot_modules
 from hlimage.xen.binding import EfiBoot, XenBinding

@@ -13,9 +13,9 @@ from typing import TYPE_CHECKING
 
 from hlimage.errors import FormatError, HlimageError
 from hlimage.formats import fdt
+from hlimage.formats.payload import BytesPayload
 from hlimage.model import Arch, Binding, Capability, Domain, System
 from hlimage.planned import PlannedFile, Role
-from hlimage.streams import BytesPayload
 from hlimage.xen import efi, policy
 from hlimage.xen.binding import EfiBoot, XenBinding
 

@@ -6,11 +6,11 @@ from dataclasses import dataclass
 
 from hlimage.errors import FormatError, HlimageError
 from hlimage.formats import sbat
+from hlimage.formats.payload import BytesPayload, Region
 from hlimage.formats.xencfg import XenConfig, value_problem
-from hlimage.messages import warn
 from hlimage.model import Arch, Domain, System
 from hlimage.planned import PlannedFile, Role
-from hlimage.streams import BytesPayload, Region
+from hlimage.plumbing.messages import warn
 from hlimage.xen import policy
 
 

@@ -13,9 +13,9 @@ from pathlib import Path
 from hlimage.errors import FormatError, HlimageError
 from hlimage.formats import fdt
 from hlimage.formats.grubcfg import MenuEntry, quote, words
+from hlimage.formats.payload import Payload
 from hlimage.model import Arch, Binding, System
 from hlimage.planned import PlannedFile, Role
-from hlimage.streams import Payload
 from hlimage.xen import binding, policy
 from hlimage.xen.probe import XenImage, probe_efi, probe_multiboot
 

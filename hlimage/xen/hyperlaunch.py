@@ -15,10 +15,10 @@ from typing import TYPE_CHECKING
 from hlimage.errors import HlimageError
 from hlimage.formats import fdt
 from hlimage.formats.grubcfg import words
-from hlimage.messages import warn
+from hlimage.formats.payload import BytesPayload, Region
 from hlimage.model import Arch, Binding, Domain, Mode, System
 from hlimage.planned import PlannedFile, Role
-from hlimage.streams import BytesPayload, Region
+from hlimage.plumbing.messages import warn
 from hlimage.xen import modules as boot_modules
 from hlimage.xen import policy
 from hlimage.xen.binding import EfiBoot, XenBinding

@@ -12,10 +12,10 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from hlimage.errors import HlimageError
+from hlimage.formats.payload import Payload, Region
 from hlimage.model import Domain, System
 from hlimage.payloads import article, initrd_payload, kernel_info
 from hlimage.planned import PlannedFile, Role
-from hlimage.streams import Payload, Region
 
 FDT_MAGIC = bytes.fromhex("d00dfeed")
 # A module is a planned file whose name is unique in a directory output, ASCII, with no

@@ -13,9 +13,9 @@ from pathlib import Path
 
 from hlimage.errors import FormatError, HlimageError, TruncatedError
 from hlimage.formats import compression, elf, multiboot2, pe
+from hlimage.formats.payload import Region
 from hlimage.model import System
 from hlimage.payloads import article
-from hlimage.streams import Region
 
 # Every Xen build prints its banner with this format string (common/kernel.c, xen/drivers).
 XEN_BANNER = b"Xen version %d.%d%s"

@@ -24,9 +24,9 @@ from dataclasses import dataclass
 
 from hlimage.errors import HlimageError
 from hlimage.formats import align_up, fdt, linux
+from hlimage.formats.payload import Region
 from hlimage.model import Arch, System
 from hlimage.planned import Role
-from hlimage.streams import Region
 from hlimage.xen import dom0less, efi
 from hlimage.xen.modules import Module
 

@@ -103,7 +103,7 @@ def _kernel_head_gzip(name: str) -> bytes:
 
 @functools.cache
 def _signed_xen(scratch: Path) -> Path:
-    from hlimage.trust import SigningKey, sign_file
+    from hlimage.secureboot.trust import SigningKey, sign_file
 
     key_pem, cert_pem = key_and_certificate()
     signed = scratch / "signed-xen.efi"

@@ -14,8 +14,8 @@ from hypothesis import event, given
 from hypothesis import strategies as st
 
 from hlimage.formats import compression, cpio
+from hlimage.formats.payload import Region
 from hlimage.inputs import InitrdInfo, KernelInfo, check_initrd_length, probe_initrd, probe_kernel
-from hlimage.streams import Region
 from hlimage.xen.probe import probe_efi, probe_multiboot
 from tests.fuzz.conftest import FUZZ, FUZZ_SLOW, mutated, survives
 

@@ -17,7 +17,7 @@ from hlimage import build as build_module
 from hlimage import config, qemu, run
 from hlimage.formats import fat, gpt
 from hlimage.inspection import FatFileRegion
-from hlimage.streams import file_sha256
+from hlimage.plumbing.streams import file_sha256
 from tests.conftest import require, run_cli
 from tests.support import descriptions
 from tests.support.descriptions import Guest

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from hlimage.atomic import TEMP_MARK
-from hlimage.streams import file_sha256
+from hlimage.plumbing.atomic import TEMP_MARK
+from hlimage.plumbing.streams import file_sha256
 from tests.conftest import require
 from tests.support import descriptions, payloads
 
@@ -117,7 +117,7 @@ def remove_temporaries(directory: Path, name: str) -> None:
 def exchange_supported(directory: Path) -> bool:
     """Whether directories here are swapped in one step (renameat2 RENAME_EXCHANGE); if not,
     a kill between the two renames of a directory output may leave nothing at the target."""
-    from hlimage.atomic import _exchange
+    from hlimage.plumbing.atomic import _exchange
 
     first, second = directory / "swap-a", directory / "swap-b"
     first.mkdir()

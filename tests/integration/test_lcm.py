@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from hlimage.formats import fdt
-from hlimage.streams import file_sha256
+from hlimage.plumbing.streams import file_sha256
 from hlimage.xen import hyperlaunch
 from tests.conftest import require, run_cli
 from tests.support import descriptions, payloads

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from hlimage import messages, progress
 from hlimage.formats import cpio
-from hlimage.streams import file_sha256
+from hlimage.plumbing import messages, progress
+from hlimage.plumbing.streams import file_sha256
 from tests.conftest import require
 from tests.support import staging
 

@@ -38,6 +38,13 @@ def digest_of(path: Path) -> str:
     return digest.hexdigest()
 
 
+def description_for(output: registry.OutputFormat, directory: Path) -> Path:
+    """x86 classic where the format takes x86, else arm64 dom0 and a dom0less domU."""
+    if Arch.X86_64 in output.arches:
+        return descriptions.x86_classic(directory)
+    return descriptions.arm64(directory, [Guest("guest1", "128M", 1)])
+
+
 def test_the_registry_lists_each_output_module_once() -> None:
     assert FORMATS == ["unified", "esp", "disk", "grub", "grub-standalone", "pxe", "uboot", "fit"]
     assert set(OPTION_ARGS) == set(registry.OPTIONS)
@@ -59,10 +66,7 @@ def test_every_format_builds_inspects_and_rebuilds_the_same(
 ) -> None:
     monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")
     output = registry.get(name)
-    if Arch.X86_64 in output.arches:
-        description = descriptions.x86_classic(tmp_path)
-    else:
-        description = descriptions.arm64(tmp_path, [Guest("guest1", "128M", 1)])
+    description = description_for(output, tmp_path)
     digests = []
     for attempt in ("first", "second"):
         target = tmp_path / attempt / output.example
@@ -108,3 +112,60 @@ def test_a_format_outside_the_registry_is_a_usage_error(cache: Path, tmp_path: P
     description = descriptions.x86_classic(tmp_path)
     result = run_cli("build", description, "--format", "floppy", "-o", tmp_path / "out")
     assert result.code == 2 and "'floppy' is not one of" in result.stderr
+
+
+def read_back(target: Path, name: str) -> tuple[int, str, str]:
+    """(size, sha256, Authenticode sha256) of a PE image the build wrote, read back."""
+    from hlimage.formats import fat, gpt, pe
+    from hlimage.secureboot import trust
+
+    if target.is_dir():
+        path = target / name
+    elif target.name == name:
+        path = target
+    else:  # inside the disk image's ESP
+        path = target.with_name("extracted.efi")
+        with target.open("rb") as disk, path.open("wb") as out:
+            _, partitions = gpt.parse(disk)
+            for chunk in fat.read_file(disk, partitions[0].offset, name):
+                out.write(chunk)
+    with path.open("rb") as stream:
+        sha256, image_digest = trust.file_digests(stream, pe.parse(stream))
+    return path.stat().st_size, sha256, image_digest
+
+
+@pytest.mark.parametrize("name", FORMATS)
+def test_digests_computed_while_writing_match_the_output(
+    name: str, cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The manifest's digests, all computed on the pass that wrote the output, are those of
+    what is on disk; and a build without them (--no-manifest, whose PE headers are written
+    after the data) writes the same bytes."""
+    import json
+
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")
+    output = registry.get(name)
+    description = description_for(output, tmp_path)
+    targets = []
+    for attempt, flags in (("with", []), ("without", ["--no-manifest"])):
+        target = tmp_path / attempt / output.example
+        target.parent.mkdir()
+        result = run_cli("build", description, "--format", name, "-o", target, *flags)
+        assert result.code == 0, result.stderr
+        targets.append(target)
+    assert digest_of(targets[0]) == digest_of(targets[1])
+    assert not targets[1].with_name(targets[1].name + ".manifest.json").exists()
+    manifest = json.loads(targets[0].with_name(targets[0].name + ".manifest.json").read_text())
+    # A GRUB directory holds Xen and the modules for a GRUB the machine already has: no PE.
+    if output.pe_images is not registry.PeImages.NONE and name != "grub":
+        assert manifest["pe_images"], name
+    for image in manifest["pe_images"]:
+        size, sha256, image_digest = read_back(targets[0], image["path"])
+        assert (image["size"], image["sha256"], image["authenticode_sha256"]) == (
+            size, sha256, image_digest,
+        )  # fmt: skip
+    if targets[0].is_dir():
+        for item in manifest["artifacts"]:
+            path = targets[0] / item["name"]
+            if path.is_file():
+                assert hashlib.sha256(path.read_bytes()).hexdigest() == item["sha256"]

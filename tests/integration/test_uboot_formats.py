@@ -15,8 +15,9 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from hlimage import sign, trust
+from hlimage import __version__
 from hlimage.formats import fdt, fit, uimage
+from hlimage.secureboot import sign, trust
 from tests.conftest import require
 from tests.support import fits, signing, uboot_tools
 
@@ -178,7 +179,9 @@ def signed(tmp_path: Path) -> tuple[Path, Path, bytes]:
     public = certificate.public_key()
     assert isinstance(public, rsa.RSAPublicKey)
     sample = fits.sample(tmp_path)
-    image = fits.write(sample.fit, tmp_path / "image.fit", fit.FitSigner(private, "dev"))
+    image = fits.write(
+        sample.fit, tmp_path / "image.fit", fit.FitSigner(private, "dev", __version__)
+    )
     tree = fdt.DeviceTree()
     fit.add_public_key(tree, public, "dev")
     keys = tmp_path / "key.dtb"

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from hlimage import sign
 from hlimage.formats import fat, fdt, fit, gpt, uimage
+from hlimage.secureboot import sign
 from tests.conftest import require, run_cli
 from tests.support import descriptions, payloads, signing, uboot_tools
 from tests.support.descriptions import Guest

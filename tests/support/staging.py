@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from hlimage.streams import file_sha256
+from hlimage.plumbing.streams import file_sha256
 from tests.support import payloads
 
 # Plain name -> cache file, per architecture.

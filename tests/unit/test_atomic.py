@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from hlimage import atomic
+from hlimage.plumbing import atomic
 from tests.conftest import run_cli
 
 

@@ -21,10 +21,10 @@ from cryptography.x509.oid import NameOID
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from hlimage import sign
 from hlimage.errors import FormatError, HlimageError
 from hlimage.formats import authenticode, der, pe
-from hlimage.streams import CHUNK, BytesPayload
+from hlimage.formats.payload import CHUNK, BytesPayload
+from hlimage.secureboot import sign
 from tests.conftest import require
 from tests.support import payloads
 

@@ -16,6 +16,7 @@ import pytest
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
+from hlimage import __version__
 from hlimage.errors import FormatError, HlimageError
 from hlimage.formats import fdt, fit
 from tests.support import fits
@@ -98,7 +99,7 @@ def test_signature_node_and_what_it_signs(tmp_path: Path, key: rsa.RSAPrivateKey
     """The signature is over the regions of the hashed nodes and the string block, data left
     out: checked here with the public key; fit_check_sign checks it in the integration tests."""
     sample = fits.sample(tmp_path)
-    signer = fit.FitSigner(key, "dev")
+    signer = fit.FitSigner(key, "dev", __version__)
     blob = built(sample.fit, signer)
     tree = fdt.parse(blob)
     signature = tree.node("/configurations/conf-1/signature-1")
@@ -222,15 +223,15 @@ def test_refusals_of_names_and_references(tmp_path: Path, key: rsa.RSAPrivateKey
         fit.size(replace(description, configurations=dangling))
     small = rsa.generate_private_key(public_exponent=65537, key_size=1024)
     with pytest.raises(FormatError, match="1024-bit"):
-        fit.size(description, fit.FitSigner(small, "dev"))
+        fit.size(description, fit.FitSigner(small, "dev", __version__))
     with pytest.raises(FormatError, match="needs a configuration"):
-        fit.size(replace(description, configurations=()), fit.FitSigner(key, "dev"))
+        fit.size(replace(description, configurations=()), fit.FitSigner(key, "dev", __version__))
 
 
 def test_fit_payload_streams_the_same_bytes(tmp_path: Path, key: rsa.RSAPrivateKey) -> None:
     """What a disk image or a TFTP tree copies in: the bytes write writes, digests alike."""
     sample = fits.sample(tmp_path)
-    for signer in (None, fit.FitSigner(key, "dev")):
+    for signer in (None, fit.FitSigner(key, "dev", __version__)):
         expected = io.BytesIO()
         written = fit.write(sample.fit, expected, signer)
         payload = fit.FitPayload(sample.fit, signer)

@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 
 from hlimage.errors import FormatError
 from hlimage.formats import fat, gpt
-from hlimage.streams import CHUNK, BytesPayload, Payload
+from hlimage.formats.payload import CHUNK, BytesPayload, Payload
 from tests.conftest import require
 from tests.unit.test_fat import CounterPayload, check_with_mtools, fsck_clean, sample_files
 

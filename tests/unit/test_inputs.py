@@ -11,8 +11,8 @@ import pytest
 
 from hlimage.errors import FormatError, HlimageError
 from hlimage.formats import compression, cpio, linux, multiboot2, xencfg
+from hlimage.formats.payload import Region
 from hlimage.inputs import probe_initrd, probe_kernel
-from hlimage.streams import Region
 from hlimage.xen.probe import probe_efi, probe_multiboot
 from tests.support import payloads
 

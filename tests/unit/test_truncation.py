@@ -16,8 +16,8 @@ import zstandard
 
 from hlimage.errors import FormatError, HlimageError, TruncatedError
 from hlimage.formats import ReadAt, compression, cpio, elf, linux, pe
+from hlimage.formats.payload import Region
 from hlimage.inputs import check_initrd_length, check_kernel_length, probe_kernel
-from hlimage.streams import Region
 from hlimage.xen.probe import probe_efi, probe_multiboot
 from tests.support import payloads
 
@@ -86,7 +86,7 @@ def test_pe_sections_past_the_end(cache: Path, name: str) -> None:
 
 def test_pe_certificate_table_past_the_end(cache: Path, tmp_path: Path) -> None:
     """A signed image loses its signature first when cut short: the sections are whole."""
-    from hlimage.trust import SigningKey, sign_file
+    from hlimage.secureboot.trust import SigningKey, sign_file
     from tests.support.signing import key_and_certificate
 
     key, certificate = key_and_certificate()

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from hlimage import trust
 from hlimage.errors import FormatError, HlimageError
 from hlimage.formats import authenticode, pe, sbat
+from hlimage.secureboot import trust
 from tests.conftest import require
 from tests.support import payloads
 

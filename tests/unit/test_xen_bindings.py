@@ -10,6 +10,7 @@ import pytest
 
 from hlimage.errors import HlimageError
 from hlimage.formats import fdt
+from hlimage.formats.payload import BytesPayload
 from hlimage.model import (
     ALL_CAPABILITIES,
     Arch,
@@ -22,7 +23,6 @@ from hlimage.model import (
     Xen,
 )
 from hlimage.planned import PlannedFile, Role
-from hlimage.streams import BytesPayload
 from hlimage.xen import binding, dom0less, efi, hyperlaunch, policy
 
 SOURCE = Path("/descriptions/hlimage.toml")

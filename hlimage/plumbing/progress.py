@@ -67,7 +67,7 @@ def start(label: str, total: int | None) -> Bar | None:
     """A bar for a copy of `total` bytes, or None when none should be shown."""
     if total is None or total < THRESHOLD:
         return None
-    from hlimage import messages
+    from hlimage.plumbing import messages
 
     if messages.quiet or not _is_terminal(sys.stderr):
         return None

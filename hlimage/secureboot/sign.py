@@ -20,7 +20,8 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from hlimage.errors import FormatError, HlimageError
 from hlimage.formats import align_up, authenticode, pe
-from hlimage.streams import CHUNK, ChecksumAccumulator, copy_range
+from hlimage.formats.payload import CHUNK, StreamRange
+from hlimage.plumbing.streams import Tracked
 
 DIGEST_ALGORITHM = "sha256"
 
@@ -190,10 +191,14 @@ def sign_image(
             content_end = offset
         data_size = align_up(content_end, authenticode.CERTIFICATE_TABLE_ALIGNMENT)
 
-        checksum = ChecksumAccumulator()
+        checksum = pe.Checksum()
         output.seek(0)
         output.truncate()
-        copy_range(source, 0, content_end, output, checksum, 0)
+        position = 0
+        for view in Tracked(StreamRange(source, 0, content_end), digest=False).views():
+            output.write(view)
+            checksum.update(position, view)
+            position += len(view)
         output.write(b"\0" * (data_size - content_end))
 
     # The unsigned image as it will be hashed: CheckSum zero, no certificate table.
@@ -236,7 +241,7 @@ def sign_image(
     )
 
 
-def _patch(output: BinaryIO, checksum: ChecksumAccumulator, offset: int, new: bytes) -> None:
+def _patch(output: BinaryIO, checksum: pe.Checksum, offset: int, new: bytes) -> None:
     output.seek(offset)
     old = output.read(len(new))
     output.seek(offset)
@@ -246,7 +251,7 @@ def _patch(output: BinaryIO, checksum: ChecksumAccumulator, offset: int, new: by
 
 def file_checksum(stream: BinaryIO, image: pe.PeImage) -> int:
     """The PE checksum of the file in `stream`, as if its CheckSum field were zero."""
-    checksum = ChecksumAccumulator()
+    checksum = pe.Checksum()
     stream.seek(0)
     position = 0
     while chunk := stream.read(CHUNK):

@@ -23,16 +23,16 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 
-from hlimage import sign
-from hlimage.atomic import TEMP_MARK, atomic_file
 from hlimage.errors import FormatError, HlimageError
 from hlimage.formats import authenticode, pe
-from hlimage.messages import note, warn
+from hlimage.formats.payload import CHUNK
 from hlimage.model import System
 from hlimage.outputs import registry
 from hlimage.outputs.registry import OutputFormat
+from hlimage.plumbing.atomic import TEMP_MARK, atomic_file
+from hlimage.plumbing.messages import note, warn
 from hlimage.report import BuildReport
-from hlimage.streams import CHUNK
+from hlimage.secureboot import sign
 from hlimage.xen.probe import probe_system_efi
 
 PASSWORD_ENV = "HLIMAGE_KEY_PASSWORD"
