@@ -2,8 +2,9 @@
 
 Prints wall time and peak RSS of a process that writes the FIT against `cat` of the same
 inputs (the floor: every byte read and written once). The FIT writer also computes each
-payload's sha256 on the way (for its hash node), in a second thread. Until the CLI writes FITs
-this runs the library in a subprocess of its own. It also times sha256 of the inputs alone,
+payload's sha256 on the way (for its hash node), in a second thread. This runs the library in
+a subprocess of its own; benchmarks/bench_scale.py times `hlimage build -f fit` as users run
+it (the plan, the probes, the manifest, fsync). It also times sha256 of the inputs alone,
 which every FIT needs (each image's hash node) and which bounds the writer on 2 cores. Run:
 
     .venv/bin/python -m benchmarks.bench_fit [--size-mib 1024] [--runs 3] [--sign]

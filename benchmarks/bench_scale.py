@@ -6,7 +6,8 @@ a 1 GiB unified image and `hlimage --version`.
 
 Cases: unified (x86, dom0 alone; the "4 GiB" case is 4000 MiB, the most an x86 unified image
 can carry: Xen must end below 4 GiB and PE images end there too); esp and disk (arm64
-dom0less: dom0 and 7 domUs, the payload spread over the 8 initrds). The 4 GiB cases need about
+dom0less: dom0 and 7 domUs, the payload spread over the 8 initrds); uboot and fit (the same
+domains for U-Boot, 1 GiB only: a FIT's size is a 32-bit number). The 4 GiB cases need about
 14 GB free where the benchmark runs (inputs 4 GiB, hlimage's and cat's outputs 4 GiB each, the
 disk image's temporary). Each build is timed as users run it (writing the manifest, which
 re-reads each PE image to hash it), with --no-manifest, and with fsync disabled
@@ -74,11 +75,26 @@ def x86_case(work: Path, total_mib: int, label: str) -> Case:
     return Case(f"unified {label}", "unified", description, [xen, kernel, initrd], total_mib)
 
 
+def big_ram_dtb(work: Path) -> Path:
+    """QEMU's arm64 tree with 16 GiB of RAM: U-Boot reads a FIT whole below what it loads, so
+    1 GiB of modules needs more than the 2 GiB the tests' machine has."""
+    from hlimage.formats import fdt
+
+    path = work / "virt-16g.dtb"
+    tree = fdt.parse(payloads.path(payloads.ARM64_DTB).read_bytes())
+    memory = tree.node("/memory@40000000")
+    assert memory is not None
+    memory.set("reg", fdt.cells(0, 0x40000000, 4, 0))
+    path.write_bytes(tree.build())
+    return path
+
+
 def dom0less_case(work: Path, total_mib: int, label: str, output_format: str) -> Case:
     """arm64 dom0 and 7 domUs, each with its own initrd (hard links of one random file, so
     that 4 GiB of inputs take 512 MiB of disk; hlimage and cat read all eight names)."""
     xen, kernel = payloads.path("arm64/xen.efi"), payloads.path("arm64/Image")
-    dtb = payloads.path(payloads.ARM64_DTB)
+    uboot = output_format in ("uboot", "fit")
+    dtb = big_ram_dtb(work) if uboot else payloads.path(payloads.ARM64_DTB)
     each = work / f"arm64-initrd-{total_mib}.img"
     make_ramdisk(each, (total_mib << 20) // DOMAINS)
     initrds = []
@@ -204,6 +220,9 @@ def main() -> None:
                 dom0less_case(work, total, label, "esp"),
                 dom0less_case(work, total, label, "disk"),
             ]
+            if total < 4096:
+                # A FIT is one device tree, whose size is a 32-bit number: no 4 GiB case.
+                cases += [dom0less_case(work, total, label, name) for name in ("uboot", "fit")]
             for case in cases:
                 runs = measure_build(case, work, args.runs)
                 cells = [f"{runs.cat.seconds:6.2f} s {runs.cat.max_rss_mib:4.0f} MiB "

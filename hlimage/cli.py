@@ -110,7 +110,8 @@ def cli(quiet: bool) -> None:
 @click.option(
     "--key",
     type=click.Path(path_type=Path),
-    help="Sign for Secure Boot with this PEM private key (unified, esp, disk); needs --cert.",
+    help="Sign for Secure Boot with this PEM private key (unified, esp, disk), or a FIT's "
+    "configuration for U-Boot's verified boot (fit); needs --cert.",
 )
 @click.option(
     "--cert", type=click.Path(path_type=Path), help="The PEM certificate of the --key key."
@@ -132,6 +133,12 @@ def cli(quiet: bool) -> None:
     help="grub-standalone, pxe: GRUB's module directory (default "
     "/usr/lib/grub/x86_64-efi or arm64-efi).",
 )
+@click.option(
+    "--loader",
+    type=click.Choice(["uefi", "uboot", "fit"]),
+    help="disk, pxe: what boots it: UEFI firmware (default), or U-Boot through a boot script "
+    "and the files (uboot) or one FIT image (fit).",
+)
 def build(
     config: Path,
     output_format: str,
@@ -144,6 +151,7 @@ def build(
     no_manifest: bool,
     prefix: str | None,
     grub_lib: Path | None,
+    loader: str | None,
 ) -> None:
     """Build boot media from the description CONFIG in the format FORMAT (listed below).
 
@@ -166,7 +174,9 @@ def build(
             )
     signing = _signing_key(key, cert, key_password_file)
     system = _load(config)
-    options = BuildOptions(replace=replace, size=size_bytes, prefix=prefix, grub_lib=grub_lib)
+    options = BuildOptions(
+        replace=replace, size=size_bytes, prefix=prefix, grub_lib=grub_lib, loader=loader
+    )
     report = build_module.build(
         system, output_format, output, options, signing=signing, manifest=not no_manifest
     )
@@ -313,20 +323,30 @@ def check(config: Path, as_json: bool) -> None:
     """Validate CONFIG against the images it names, writing nothing: which formats can carry
     it, and why the others cannot. Exit 2 when none can.
 
-    --json prints a list of {"format": NAME, "problem": TEXT or null}, one per format.
+    The U-Boot formats (uboot, fit) print their memory map below their verdict: where each
+    file is loaded, the host tree's reserved ranges and the top of RAM kept for U-Boot.
+
+    --json prints a list of {"format": NAME, "problem": TEXT or null}, one per format, with
+    "details": [LINE, ...] where the format has them (the memory map).
     """
     from hlimage.verdict import verdicts as format_verdicts
 
     verdicts = format_verdicts(_load(config))
     if as_json:
-        click.echo(
-            json.dumps([{"format": v.format, "problem": v.problem} for v in verdicts], indent=2)
-        )
+        listed: list[dict[str, Any]] = []
+        for v in verdicts:
+            entry: dict[str, Any] = {"format": v.format, "problem": v.problem}
+            if v.details:
+                entry["details"] = list(v.details)
+            listed.append(entry)
+        click.echo(json.dumps(listed, indent=2))
     else:
         for verdict in verdicts:
             click.echo(
                 f"{verdict.format:<16} {'ok' if verdict.problem is None else verdict.problem}"
             )
+            for line in verdict.details:
+                click.echo(f"{'':<17}{line}")
     if all(verdict.problem is not None for verdict in verdicts):
         sys.exit(2)
 

@@ -26,6 +26,7 @@ from hlimage.model import (
     SharedMemory,
     ShmRole,
     System,
+    UBoot,
     Xen,
 )
 from hlimage.xen import policy
@@ -453,6 +454,11 @@ def cpu_names(where: Field, value: object) -> tuple[str, ...]:
     return tuple(names)
 
 
+def load_address(where: Field, value: object) -> int:
+    """A physical address: a whole number, or a string in hex like "0x40200000"."""
+    return address(where, value, 'write it as a number or a hex string, like "0x40200000"')
+
+
 def sbat_file(where: Field, value: object) -> Path:
     from hlimage.errors import FormatError
     from hlimage.formats import sbat
@@ -475,6 +481,13 @@ IMAGE_OPTIONS = (
     ),
     Option("name", name, "short name for menu entry ids and file names (default: xen)"),
     Option("title", text, "menu entry title (default: 'Xen' and the name)"),
+)
+
+UBOOT_OPTIONS = (
+    Option("scriptaddr", load_address, "the board's scriptaddr, where U-Boot reads boot.scr"),
+    Option("reserve", size, "the top of RAM U-Boot keeps for itself (default 64M)"),
+    Option("memory_start", load_address, "the lowest address anything is loaded to"),
+    Option("memory_end", load_address, "the first address past the RAM things are loaded into"),
 )
 
 XEN_OPTIONS = (
@@ -538,6 +551,7 @@ SECTIONS: Mapping[str, Sequence[Option]] = {
     "xen": XEN_OPTIONS,
     "domain": DOMAIN_OPTIONS,
     "cpupool": CPUPOOL_OPTIONS,
+    "uboot": UBOOT_OPTIONS,
 }
 
 
@@ -616,6 +630,19 @@ def from_document(path: Path, document: Mapping[str, Any]) -> System:
 
     image = _parse_table(path, "[image] ", image_table, IMAGE_OPTIONS)
     xen = Xen(**_parse_table(path, "[xen] ", xen_table, XEN_OPTIONS))
+    uboot_table = document.get("uboot", {})
+    if not isinstance(uboot_table, dict):
+        raise HlimageError(
+            "[uboot] must be a table; write [uboot] and its keys below it", where=path
+        )
+    uboot = UBoot(**_parse_table(path, "[uboot] ", uboot_table, UBOOT_OPTIONS))
+    start, end = uboot.memory_start, uboot.memory_end
+    if start is not None and end is not None and end <= start:
+        raise HlimageError(
+            f"[uboot] memory_end: 0x{end:x} is not above memory_start (0x{start:x}); give the "
+            "first address past the load window",
+            where=path,
+        )
 
     parsed_domains: list[dict[str, Any]] = []
     seen: dict[str, int] = {}
@@ -655,6 +682,7 @@ def from_document(path: Path, document: Mapping[str, Any]) -> System:
         name=image.get("name", "xen"),
         title=image.get("title"),
         cpupools=pools,
+        uboot=uboot,
     )
 
 

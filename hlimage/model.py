@@ -153,6 +153,21 @@ class Xen:
 
 
 @dataclass(frozen=True)
+class UBoot:
+    """[uboot]: what the U-Boot outputs' memory plan takes from the board. None: the default
+    (QEMU virt's; xen/uboot.py)."""
+
+    scriptaddr: int | None = None
+    """Where U-Boot's default boot reads boot.scr (its `scriptaddr`)."""
+    reserve: int | None = None
+    """Bytes at the top of the RAM bank that U-Boot keeps for itself."""
+    memory_start: int | None = None
+    """The lowest address anything is loaded to (ImageBuilder's MEMORY_START)."""
+    memory_end: int | None = None
+    """The first address past the load window (ImageBuilder's MEMORY_END)."""
+
+
+@dataclass(frozen=True)
 class System:
     """One description: Xen and the domains it builds at boot."""
 
@@ -166,6 +181,8 @@ class System:
     """Used for menu entry titles and ids."""
     title: str | None = None
     cpupools: tuple[CpuPool, ...] = ()
+    uboot: UBoot = UBoot()
+    """The board's U-Boot: where it reads boot.scr and the RAM it leaves to load into."""
 
     @property
     def hardware_domain(self) -> Domain | None:

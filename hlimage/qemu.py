@@ -20,6 +20,9 @@ OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
 OVMF_CODE_SECURE = Path("/usr/share/OVMF/OVMF_CODE_4M.snakeoil.fd")
 OVMF_VARS_SECURE = Path("/usr/share/OVMF/OVMF_VARS_4M.snakeoil.fd")
 AAVMF = Path("/usr/share/qemu-efi-aarch64/QEMU_EFI.fd")
+UBOOT = Path("/usr/lib/u-boot/qemu_arm64/u-boot.bin")
+"""Debian's U-Boot for QEMU virt (u-boot-qemu): the firmware of the U-Boot outputs."""
+UBOOT_PACKAGE = "u-boot-qemu"
 
 PACKAGES = {
     X86_64: ("qemu-system-x86_64", "qemu-system-x86", OVMF_CODE, "ovmf"),
@@ -55,12 +58,14 @@ class Media:
     bootfile: str | None = None
 
 
-def check_tools(arch: str, *, secure_boot: bool = False) -> None:
+def check_tools(arch: str, *, secure_boot: bool = False, uboot: bool = False) -> None:
     binary, package, firmware, firmware_package = PACKAGES[arch]
     if shutil.which(binary) is None:
         raise HlimageError(f"{binary} not found; install the {package} package")
     if secure_boot:
         firmware = OVMF_CODE_SECURE
+    if uboot:
+        firmware, firmware_package = UBOOT, UBOOT_PACKAGE
     if not firmware.is_file():
         raise HlimageError(f"{firmware} not found; install the {firmware_package} package")
 
@@ -74,9 +79,14 @@ def command(
     secure_vars: Path | None = None,
     memory: str = "2G",
     interactive: bool = False,
+    uboot: bool = False,
 ) -> list[str]:
     """A full QEMU command line. `vars_copy` is a writable copy of the x86 firmware variables
-    (see `prepare_vars`); serial goes to stdio."""
+    (see `prepare_vars`); serial goes to stdio. `uboot`: arm64 boots Debian's U-Boot instead
+    of UEFI firmware, whose default boot finds a boot script on the disk or over TFTP by
+    itself (so a TFTP root needs no boot file)."""
+    if uboot and arch != ARM64:
+        raise ValueError("U-Boot is the arm64 machine's firmware only")
     argv = machine_args(arch, secure_boot=secure_boot, memory=memory)
     if arch == X86_64:
         code = OVMF_CODE_SECURE if secure_boot else OVMF_CODE
@@ -85,14 +95,14 @@ def command(
         argv += ["-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={code}"]
         argv += ["-drive", f"if=pflash,format=raw,unit=1,file={vars_copy}"]
     else:
-        argv += ["-bios", str(AAVMF)]
+        argv += ["-bios", str(UBOOT if uboot else AAVMF)]
     if media.tftp_dir is not None:
-        if media.bootfile is None:
+        netdev = f"user,id=n0,tftp={media.tftp_dir}"
+        if media.bootfile is not None:
+            netdev += f",bootfile={media.bootfile}"
+        elif not uboot:
             raise ValueError("a TFTP boot needs a boot file")
-        argv += [
-            "-netdev", f"user,id=n0,tftp={media.tftp_dir},bootfile={media.bootfile}",
-            "-device", "virtio-net-pci,netdev=n0,romfile=",
-        ]  # fmt: skip
+        argv += ["-netdev", netdev, "-device", "virtio-net-pci,netdev=n0,romfile="]
     else:
         if media.esp_dir is not None:
             drive = f"file=fat:rw:{media.esp_dir},format=raw"

@@ -18,6 +18,8 @@ class FormatVerdict:
     format: str
     problem: str | None
     """None when the format can be built."""
+    details: tuple[str, ...] = ()
+    """What the format's plan says beyond ok (the U-Boot memory map)."""
 
 
 def verdicts(system: System) -> list[FormatVerdict]:
@@ -26,9 +28,10 @@ def verdicts(system: System) -> list[FormatVerdict]:
     found = []
     for output in registry.formats():
         try:
-            output.plan(system)
+            registry.refuse_arch(output, system)
+            details = output.plan(system)
         except HlimageError as error:
             found.append(FormatVerdict(output.name, str(error)))
         else:
-            found.append(FormatVerdict(output.name, None))
+            found.append(FormatVerdict(output.name, None, tuple(details or ())))
     return found

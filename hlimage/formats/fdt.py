@@ -8,10 +8,12 @@ the caller's business (`hlimage/xen/`).
 
 from __future__ import annotations
 
+import hashlib
 import io
 import struct
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import construct as c
 
@@ -443,6 +445,19 @@ class _StructureWriter:
         self.token(Token.build({"token": FDT_END_NODE, "body": None}), FDT_END_NODE, path, "")
 
 
+def padded(blob: bytes, size: int) -> bytes:
+    """`blob` with zeros after its strings up to `size` bytes, counted in its totalsize (the
+    free space `dtc -S SIZE` leaves), so that a blob's size can be fixed before its content."""
+    header = Header.parse(blob)
+    if header.totalsize != len(blob):
+        raise FormatError(f"device tree of {len(blob)} bytes says totalsize {header.totalsize}")
+    if size < len(blob):
+        raise FormatError(f"a {len(blob)}-byte device tree does not fit in {size} bytes")
+    if size > U32_MAX:
+        raise FormatError(f"the device tree would be {size} bytes: more than 4 GiB")
+    return blob[:4] + size.to_bytes(4, "big") + blob[8:] + bytes(size - len(blob))
+
+
 def parse(data: bytes) -> DeviceTree:
     """Read a v16 or v17 blob. Raises FormatError, and only that, for anything else.
 
@@ -544,6 +559,189 @@ def _parse_structure(block: bytes, strings: bytes) -> Node:
             node.properties[name] = bytes(token.body.value)
         else:
             raise FormatError(f"malformed device tree: unknown token 0x{kind:x}")
+
+
+# --- Reading a blob as a stream: large values are passed over, never held -------------------
+
+
+@dataclass(frozen=True)
+class LargeValue:
+    """A property value `scan` did not keep: where it is in the blob, and its sha256."""
+
+    offset: int
+    length: int
+    sha256: str | None
+
+
+@dataclass
+class Outline:
+    tree: DeviceTree
+    """Every node and property; a large value reads as b"" (its entry in `large`)."""
+    large: dict[tuple[str, str], LargeValue]
+    """By (node path, property name)."""
+    totalsize: int
+
+
+class _ChunkReader:
+    """Sequential reads over chunks of bytes, at most one chunk held at a time."""
+
+    def __init__(self, chunks: Iterable[bytes]) -> None:
+        self.chunks = iter(chunks)
+        self.buffer = memoryview(b"")
+        self.position = 0
+
+    def _fill(self) -> bool:
+        for chunk in self.chunks:
+            if chunk:
+                self.buffer = memoryview(chunk)
+                return True
+        return False
+
+    def read(self, count: int) -> bytes:
+        out = bytearray()
+        while len(out) < count:
+            if not self.buffer and not self._fill():
+                raise FormatError(
+                    f"truncated device tree: it ends at byte {self.position + len(out)}, inside "
+                    "what its header describes"
+                )
+            take = self.buffer[: count - len(out)]
+            out += take
+            self.buffer = self.buffer[len(take) :]
+        self.position += count
+        return bytes(out)
+
+    def skip(self, count: int, digest: Any = None) -> None:
+        left = count
+        while left:
+            if not self.buffer and not self._fill():
+                raise FormatError(
+                    f"truncated device tree: it ends at byte {self.position + count - left}, "
+                    "inside what its header describes"
+                )
+            take = self.buffer[:left]
+            if digest is not None:
+                digest.update(take)
+            left -= len(take)
+            self.buffer = self.buffer[len(take) :]
+        self.position += count
+
+    def skip_to(self, offset: int) -> None:
+        if offset < self.position:
+            raise FormatError("bad device tree: its blocks overlap")
+        self.skip(offset - self.position)
+
+
+def scan(chunks: Iterable[bytes], *, inline_limit: int = 1 << 16, digests: bool = True) -> Outline:
+    """Read a blob from its chunks in one pass, keeping property values up to `inline_limit`
+    bytes and passing over longer ones (a FIT's image data), hashed if `digests`."""
+    reader = _ChunkReader(chunks)
+    header = Header.parse(reader.read(HEADER_SIZE))
+    if header.magic != FDT_MAGIC:
+        raise FormatError("not a device tree: no 0xd00dfeed magic")
+    if header.version < 17 or header.last_comp_version > VERSION:
+        raise FormatError(f"device tree version {header.version}: a stream is read from v17 on")
+    blocks = sorted(
+        [
+            (int(header.off_mem_rsvmap), "rsvmap"),
+            (int(header.off_dt_struct), "struct"),
+            (int(header.off_dt_strings), "strings"),
+        ]
+    )
+    reservations: list[tuple[int, int]] = []
+    strings = b""
+    raw: list[tuple[Node, str, int, bytes | LargeValue]] = []
+    root: Node | None = None
+    for offset, kind in blocks:
+        reader.skip_to(offset)
+        if kind == "rsvmap":
+            while True:
+                address, size = struct.unpack(">QQ", reader.read(16))
+                if size == 0:
+                    break
+                reservations.append((address, size))
+        elif kind == "strings":
+            strings = reader.read(int(header.size_dt_strings))
+        else:
+            root = _scan_structure(reader, int(header.size_dt_struct), inline_limit, digests, raw)
+    assert root is not None
+    names: dict[int, str] = {}
+    large: dict[tuple[str, str], LargeValue] = {}
+    for node, path, nameoff, value in raw:
+        name = _string_at(strings, nameoff, names)
+        if name in node.properties:
+            raise FormatError(f"malformed device tree: node {node.name} has two {name} properties")
+        if isinstance(value, LargeValue):
+            large[(path, name)] = value
+            node.properties[name] = b""
+        else:
+            node.properties[name] = value
+    return Outline(DeviceTree(root, reservations, int(header.boot_cpuid_phys)), large,
+                   int(header.totalsize))  # fmt: skip
+
+
+def _scan_structure(
+    reader: _ChunkReader,
+    size: int,
+    inline_limit: int,
+    digests: bool,
+    raw: list[tuple[Node, str, int, bytes | LargeValue]],
+) -> Node:
+    end = reader.position + size
+    stack: list[tuple[Node, str, set[str]]] = []
+    root: Node | None = None
+    while reader.position < end:
+        (kind,) = struct.unpack(">I", reader.read(4))
+        if kind == FDT_NOP:
+            continue
+        if kind == FDT_END:
+            if root is None or stack:
+                raise FormatError("malformed device tree: FDT_END inside a node or before root")
+            return root
+        if kind == FDT_BEGIN_NODE:
+            encoded = b""
+            while b"\0" not in encoded:
+                if len(encoded) > 4096:
+                    raise FormatError("malformed device tree: a node name runs on")
+                encoded += reader.read(4)
+            name = _decode_name(encoded.split(b"\0", 1)[0], "node")
+            if not stack:
+                if root is not None or name:
+                    raise FormatError("malformed device tree: a second or named root node")
+                root = node = Node("")
+                path = "/"
+            else:
+                parent, parent_path, seen = stack[-1]
+                _check_node_name(name)
+                if name in seen or len(stack) >= MAX_DEPTH:
+                    raise FormatError(f"malformed device tree: node {name} twice, or too deep")
+                seen.add(name)
+                node = Node(name)
+                parent.children.append(node)
+                path = f"{parent_path.rstrip('/')}/{name}"
+            stack.append((node, path, set()))
+        elif kind == FDT_END_NODE:
+            if not stack:
+                raise FormatError("malformed device tree: FDT_END_NODE outside any node")
+            stack.pop()
+        elif kind == FDT_PROP:
+            if not stack:
+                raise FormatError("malformed device tree: a property outside any node")
+            length, nameoff = struct.unpack(">II", reader.read(8))
+            node, path, _ = stack[-1]
+            value: bytes | LargeValue
+            if length > inline_limit:
+                start = reader.position
+                digest = hashlib.sha256() if digests else None
+                reader.skip(length, digest)
+                value = LargeValue(start, length, digest.hexdigest() if digest else None)
+            else:
+                value = reader.read(length)
+            reader.skip(-length % 4)
+            raw.append((node, path, nameoff, value))
+        else:
+            raise FormatError(f"malformed device tree: unknown token 0x{kind:x}")
+    raise FormatError("malformed device tree: the structure block has no FDT_END")
 
 
 def _string_at(strings: bytes, offset: int, cache: dict[int, str]) -> str:

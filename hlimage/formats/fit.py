@@ -21,7 +21,7 @@ writes into U-Boot's control tree, which `fit_check_sign -k` and U-Boot read.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
@@ -52,11 +52,12 @@ U32_MAX = 0xFFFFFFFF
 
 @dataclass(frozen=True)
 class FitImage:
-    """One image under /images. `source` is a file (streamed) or small bytes (a script)."""
+    """One image under /images. `source` is a file or a payload of known size (streamed), or
+    small bytes (a script)."""
 
     name: str
     type: str
-    source: Path | bytes
+    source: Path | bytes | Payload
     description: str = ""
     arch: str | None = "arm64"
     os: str | None = "linux"
@@ -65,12 +66,18 @@ class FitImage:
     entry: int | None = None
 
     def payload(self) -> Payload:
+        if isinstance(self.source, Payload):
+            return self.source
         if isinstance(self.source, bytes):
             return BytesPayload(self.source, f"FIT image {self.name}")
         return Region(self.source)
 
     def size(self) -> int:
-        return self.payload().exact_size or 0
+        exact = self.payload().exact_size
+        if exact is None:
+            # The data's length is in the tree before the data: it must be known first.
+            raise FormatError(f"FIT image {self.name}: its size is not known before it is made")
+        return exact
 
 
 @dataclass(frozen=True)
@@ -143,10 +150,7 @@ def write(fit: Fit, out: BinaryIO, signer: FitSigner | None = None) -> FitResult
     """Write the FIT at the output's position, streaming each payload once."""
     plan = _plan(fit, signer)
     layout = plan.layout
-    filled: dict[tuple[str, str], bytes] = {}
-    for conf_path in plan.signed:
-        strings_path = f"{conf_path}/{SIGNATURE_NODE}"
-        filled[(strings_path, "hashed-strings")] = fdt.cells(0, layout.size_dt_strings)
+    filled = _prefilled(plan)
     digests: dict[str, str] = {}
     written = 0
     for piece in layout.pieces:
@@ -154,7 +158,6 @@ def write(fit: Fit, out: BinaryIO, signer: FitSigner | None = None) -> FitResult
             out.write(piece)
             written += len(piece)
             continue
-        key = (piece.path, piece.name)
         if piece.name == "data":
             image = plan.images[piece.path]
             # The hash node after the data needs its sha256: computed beside the copy.
@@ -174,27 +177,99 @@ def write(fit: Fit, out: BinaryIO, signer: FitSigner | None = None) -> FitResult
             digests[image.name] = digest.hexdigest()
             written += piece.length
             continue
-        if key in filled:
-            value = filled[key]
-        elif piece.name == "value" and piece.path.endswith(f"/{HASH_NODE}"):
-            image = plan.images[piece.path.rsplit("/", 1)[0]]
-            value = bytes.fromhex(digests[image.name])
-            filled[key] = value
-        elif piece.name == "value" and signer is not None:
-            conf_path = piece.path.rsplit("/", 1)[0]
-            value = _signature(layout, filled, plan.hashed_nodes[conf_path], signer)
-            filled[key] = value
-        else:
-            raise AssertionError(f"FIT hole {key} has no writer")
-        if len(value) != piece.length:
-            raise AssertionError(f"FIT hole {key}: {len(value)} bytes for {piece.length}")
-        out.write(value)
+        out.write(_hole_value(plan, piece, filled, digests, signer))
         written += piece.length
     return FitResult(written, digests)
 
 
 def _label(image: FitImage) -> str:
-    return str(image.source) if isinstance(image.source, Path) else f"FIT image {image.name}"
+    if isinstance(image.source, Path):
+        return str(image.source)
+    if isinstance(image.source, Payload):
+        return image.source.label
+    return f"FIT image {image.name}"
+
+
+class FitPayload(Payload):
+    """The FIT as a stream of chunks, for a container that copies it in (a disk image's FAT
+    volume): the same bytes `write` writes, each payload read once. `result` holds the images'
+    digests once the chunks have all been taken."""
+
+    def __init__(self, fit: Fit, signer: FitSigner | None = None, label: str = "FIT") -> None:
+        self.fit = fit
+        self.signer = signer
+        self.label = label
+        self._plan = _plan(fit, signer)
+        self.result: FitResult | None = None
+
+    def size_bound(self) -> int:
+        return self._plan.layout.totalsize
+
+    @property
+    def exact_size(self) -> int:
+        return self._plan.layout.totalsize
+
+    def chunks(self) -> Iterator[bytes]:
+        plan = self._plan
+        layout = plan.layout
+        filled = _prefilled(plan)
+        digests: dict[str, str] = {}
+        for piece in layout.pieces:
+            if isinstance(piece, bytes):
+                yield piece
+                continue
+            if piece.name == "data":
+                image = plan.images[piece.path]
+                digest = hashlib.sha256()
+                size = 0
+                for chunk in image.payload().chunks():
+                    digest.update(chunk)
+                    size += len(chunk)
+                    yield chunk
+                if size != piece.length:
+                    raise HlimageError(
+                        f"changed size while the FIT was written ({piece.length} bytes before, "
+                        f"{size} now); write the FIT again",
+                        where=_label(image),
+                    )
+                digests[image.name] = digest.hexdigest()
+                continue
+            yield _hole_value(plan, piece, filled, digests, self.signer)
+        self.result = FitResult(layout.totalsize, digests)
+
+
+def _prefilled(plan: _Plan) -> dict[tuple[str, str], bytes]:
+    filled: dict[tuple[str, str], bytes] = {}
+    for conf_path in plan.signed:
+        strings_path = f"{conf_path}/{SIGNATURE_NODE}"
+        filled[(strings_path, "hashed-strings")] = fdt.cells(0, plan.layout.size_dt_strings)
+    return filled
+
+
+def _hole_value(
+    plan: _Plan,
+    piece: fdt.Hole,
+    filled: dict[tuple[str, str], bytes],
+    digests: dict[str, str],
+    signer: FitSigner | None,
+) -> bytes:
+    """The bytes of a hole other than an image's data, once everything before it is known."""
+    key = (piece.path, piece.name)
+    if key in filled:
+        value = filled[key]
+    elif piece.name == "value" and piece.path.endswith(f"/{HASH_NODE}"):
+        image = plan.images[piece.path.rsplit("/", 1)[0]]
+        value = bytes.fromhex(digests[image.name])
+        filled[key] = value
+    elif piece.name == "value" and signer is not None:
+        conf_path = piece.path.rsplit("/", 1)[0]
+        value = _signature(plan.layout, filled, plan.hashed_nodes[conf_path], signer)
+        filled[key] = value
+    else:
+        raise AssertionError(f"FIT hole {key} has no writer")
+    if len(value) != piece.length:
+        raise AssertionError(f"FIT hole {key}: {len(value)} bytes for {piece.length}")
+    return value
 
 
 @dataclass

@@ -14,9 +14,10 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from hlimage.errors import FormatError, HlimageError
-from hlimage.formats import fat, gpt, pe, xencfg
+from hlimage.formats import fat, fdt, gpt, pe, xencfg
 from hlimage.formats.payload import Region
 from hlimage.inputs import probe_initrd, probe_kernel
+from hlimage.inspection import uboot as uboot_inspection
 from hlimage.inspection.device_tree import describe_dtb
 from hlimage.secureboot import trust
 
@@ -124,21 +125,74 @@ def inspect_path(path: Path, *, digests: bool = True) -> dict[str, Any]:
         )
     try:
         if path.is_dir():
+            if not (path / "EFI").is_dir() and _uboot_script(path) is not None:
+                return inspect_uboot_tree(path, digests=digests)
             return inspect_esp(path, digests=digests)
-        head = Region(path).head(8)
+        region = Region(path)
+        head = region.head(8)
         if head[:2] == b"MZ":
             return inspect_pe(path, digests=digests)
         if head[:4] == FDT_MAGIC:
+            if region.length > MAX_DTB_BYTES or fdt.parse(region.head(region.length)).node(
+                "/images"
+            ):
+                return uboot_inspection.describe_fit(region, digests=digests)
             return {"type": "dtb", "path": str(path), **describe_dtb(Region(path))}
+        if uboot_inspection.is_uimage(head):
+            return {"path": str(path), **uboot_inspection.describe_uimage(region)}
         if is_gpt_disk(path):
             return inspect_disk(path, digests=digests)
     except FormatError as error:
         raise HlimageError(f"{error}", where=path) from None
     raise HlimageError(
         "not a format hlimage reads; give a PE image (a unified image, xen.efi), an ESP "
-        "directory, a GPT disk image or a device tree blob",
+        "directory, a U-Boot tree, FIT or script image, a GPT disk image or a device tree blob",
         where=path,
     )
+
+
+# A host device tree is some KiB; a larger blob starting with the FDT magic is read as a FIT,
+# in one streamed pass.
+MAX_DTB_BYTES = 16 << 20
+
+
+def _uboot_script(root: Path) -> Path | None:
+    """The script U-Boot's default boot runs from a directory: boot.scr.uimg or boot.scr."""
+    return next(
+        (root / name for name in uboot_inspection.SCRIPT_NAMES if (root / name).is_file()), None
+    )
+
+
+def _tree_files(root: Path, digests: bool) -> list[dict[str, Any]]:
+    files = []
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        entry: dict[str, Any] = {
+            "path": path.relative_to(root).as_posix(),
+            "size": path.stat().st_size,
+        }
+        if digests:
+            entry["sha256"] = _digest(Region(path))
+        files.append(entry)
+    return files
+
+
+def inspect_uboot_tree(root: Path, *, digests: bool = True) -> dict[str, Any]:
+    """A directory U-Boot boots (the uboot format, or a U-Boot PXE tree): its files, the
+    script and what it loads."""
+    script = _uboot_script(root)
+    assert script is not None
+
+    def beside(name: str) -> Region | None:
+        path = root / name.lstrip("/")
+        return Region(path) if path.is_file() else None
+
+    return {
+        "type": "uboot",
+        "path": str(root),
+        "script_file": script.name,
+        "files": _tree_files(root, digests),
+        "boot": uboot_inspection.describe(Region(script), beside, digests=digests),
+    }
 
 
 FDT_MAGIC = bytes.fromhex("d00dfeed")
@@ -316,6 +370,10 @@ def _inspect_fat_esp(path: Path, number: int, offset: int, *, digests: bool) -> 
         return by_path.get(f"EFI/BOOT/{name.strip('/')}".casefold())
 
     loader = next((lookup(name) for name in LOADERS if lookup(name) is not None), None)
+    root_files = {entry.path.casefold(): entry for entry in entries}
+    uboot_script = next(
+        (root_files[name] for name in uboot_inspection.SCRIPT_NAMES if name in root_files), None
+    )
     result: dict[str, Any] = {
         "partition": number,
         "fat_type": info.fat_type,
@@ -327,6 +385,19 @@ def _inspect_fat_esp(path: Path, number: int, offset: int, *, digests: bool) -> 
         "files": files,
     }
     if loader is None:
+        if uboot_script is not None:
+
+            def in_root(name: str) -> Region | None:
+                entry = root_files.get(name.lstrip("/").casefold())
+                return FatFileRegion(path, offset, entry) if entry is not None else None
+
+            result["uboot_script"] = uboot_script.path
+            try:
+                result["uboot"] = uboot_inspection.describe(
+                    FatFileRegion(path, offset, uboot_script), in_root, digests=digests
+                )
+            except FormatError as error:
+                result["uboot"] = {"type": "unreadable", "problem": str(error)}
         return result
     cfg = lookup(PurePosixPath(loader.path).stem + ".cfg")
     if cfg is not None:
@@ -371,6 +442,14 @@ def render(data: dict[str, Any]) -> str:
     elif data["type"] == "dtb":
         lines.append(f"{data['path']}: {data['kind']}")
         _render_domains(data, lines)
+    elif data["type"] == "uboot":
+        lines.append(f"{data['path']}: U-Boot tree, script {data['script_file']}")
+        for entry in data["files"]:
+            lines.append(f"  {entry['path']:<40} {entry['size']:>12}  {entry.get('sha256', '')}")
+        uboot_inspection.render(data["boot"], lines)
+    elif data["type"] in ("fit", "uimage"):
+        lines.append(f"{data['path']}: {'FIT image' if data['type'] == 'fit' else 'uImage'}")
+        uboot_inspection.render(data, lines)
     elif data["type"] == "esp":
         lines.append(f"{data['path']}: ESP, loader EFI/BOOT/{data['loader']}")
         lines += trust.render(data.get("loader_authenticode", {}))
@@ -391,12 +470,19 @@ def render(data: dict[str, Any]) -> str:
             lines.append("  no EFI System Partition")
         else:
             loader = f"loader EFI/BOOT/{esp['loader']}" if esp["loader"] else "no EFI/BOOT loader"
+            if esp.get("uboot_script"):
+                loader = f"U-Boot script /{esp['uboot_script']}"
             lines.append(
                 f"  ESP (partition {esp['partition']}): FAT{esp['fat_type']}, "
                 f"{esp['volume_size']} bytes, label {esp['label'] or '-'}, volume id "
                 f"{esp['volume_id']}, {loader}"
             )
             _render_esp(esp, lines)
+            boot = esp.get("uboot")
+            if boot is not None and boot.get("type") == "unreadable":
+                lines.append(f"  U-Boot script unreadable: {boot['problem']}")
+            elif boot is not None:
+                uboot_inspection.render(boot, lines)
     return "\n".join(lines) + "\n"
 
 

@@ -44,6 +44,9 @@ def _module(node: fdt.Node) -> dict[str, Any]:
     index = _u32(node, "module-index")
     if index is not None:
         entry["module-index"] = index
+    if "@" in node.name and node.get("reg") is not None:
+        # Loaded before Xen starts (U-Boot): the unit address is where.
+        entry["address"] = "0x" + node.name.split("@", 1)[1]
     return entry
 
 
@@ -90,8 +93,10 @@ def summary(entry: dict[str, Any]) -> str:
     if entry.get("capabilities"):
         parts.append("caps " + "+".join(entry["capabilities"]))
     for module in entry.get("modules", []):
-        where = module.get("xen,uefi-binary") or (
-            f"module {module['module-index']}" if "module-index" in module else "?"
+        where = (
+            module.get("xen,uefi-binary")
+            or module.get("address")
+            or (f"module {module['module-index']}" if "module-index" in module else "?")
         )
         text = f"{module['kind']}={where}"
         if module.get("bootargs"):

@@ -1,6 +1,8 @@
 """`--format disk`: a GPT disk image whose one EFI System Partition holds the `esp` tree.
 
-`dd` it to a USB stick. The partition starts at 1 MiB; its FAT volume is written front to back
+`dd` it to a USB stick. With `--loader uboot` the partition holds the U-Boot tree (the uboot
+format's files) and with `--loader fit` the FIT as /boot.scr, which U-Boot's default boot finds
+on partition 1. The partition starts at 1 MiB; its FAT volume is written front to back
 by the FAT writer, file data streamed straight into its clusters, so no loop device, root or
 mkfs is needed. Free space is left as holes: the image is sparse.
 """
@@ -10,23 +12,25 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from hlimage.errors import FormatError, HlimageError
 from hlimage.formats import fat, gpt
 from hlimage.formats.payload import Payload
 from hlimage.model import System
-from hlimage.outputs import esp, registry
-from hlimage.planned import PlannedFile
+from hlimage.outputs import esp, registry, uboot
+from hlimage.planned import PlannedFile, Role
 from hlimage.plumbing import streams
 from hlimage.plumbing.atomic import atomic_file
 from hlimage.plumbing.streams import Tracked
-from hlimage.report import BuildReport, PeDigests
+from hlimage.report import Artifact, BuildReport, PeDigests
 from hlimage.source_date import source_date_epoch
 
 MIB = 1 << 20
 LABEL = "HLIMAGE"
 PARTITION_NAME = "EFI System Partition"
+FIT_FILE = "boot.scr"
+"""Where U-Boot's default boot looks on a disk: a FIT there is its own boot script."""
 # What follows the last partition: the backup entry array and the backup header.
 BACKUP_GPT_BYTES = (gpt.entry_array_sectors(gpt.SECTOR) + 1) * gpt.SECTOR
 
@@ -135,10 +139,10 @@ def _self_check(
         raise AssertionError(f"disk writer bug: read back {partitions} {listed}, meant {meant}")
 
 
-def build(system: System, output: Path, *, size: int | None = None) -> BuildReport:
-    files = esp.files(system)
+def _write_files(files: Sequence[PlannedFile], output: Path, size: int | None) -> list[Tracked]:
+    """The disk image of `files` at `output`; each file's payload as it was written (its size
+    and digests), in the order given."""
     timestamp = source_date_epoch()
-    report = BuildReport("disk", output)
     with atomic_file(output) as out, _sized(files, output) as sized:
         tracked = [
             (path, Tracked(payload, ranges=_pe_ranges(path, payload))) for path, payload in sized
@@ -146,7 +150,45 @@ def build(system: System, output: Path, *, size: int | None = None) -> BuildRepo
         volume, disk_size = plan_volume(tracked, size)
         partition, written = write(out, volume, disk_size, timestamp=timestamp)
         _self_check(out, partition, written)
-    for item, (_, copied) in zip(files, tracked, strict=True):
+    return [copied for _, copied in tracked]
+
+
+def build(
+    system: System,
+    output: Path,
+    *,
+    size: int | None = None,
+    loader: str | None = None,
+    signing: Any = None,
+) -> BuildReport:
+    """The disk image; `loader` "uboot" or "fit" fills its partition for U-Boot instead of
+    UEFI: U-Boot's default boot scans partition 1 for /boot.scr.uimg and /boot.scr
+    (docs/uboot.md), and the ESP type is one it scans."""
+    report = BuildReport("disk", output)
+    if loader == "fit":
+        from hlimage.formats.fit import FitPayload
+        from hlimage.outputs import fit as fit_output
+
+        signer = fit_output.signer_of(signing)
+        with uboot.spooled(uboot.modules(system), output) as sized:
+            planned = fit_output.boot(system, sized, signer=signer)
+            payload = FitPayload(planned.fit, signer, label=FIT_FILE)
+            (copied,) = _write_files([PlannedFile(FIT_FILE, payload, Role.BOOT)], output, size)
+        assert payload.result is not None and copied.size is not None
+        how = "FIT: Xen, its device tree, every module and the boot script"
+        report.artifacts = [
+            Artifact(FIT_FILE, Role.BOOT.value, copied.size, copied.sha256, how),
+            *fit_output.artifacts(planned, payload.result.sha256, prefix=f"{FIT_FILE}:"),
+        ]
+        return report
+    if loader == "uboot":
+        with uboot.planned_files(system, output) as planned_tree:
+            files = planned_tree.files
+            tracked = _write_files(files, output, size)
+    else:
+        files = esp.files(system)
+        tracked = _write_files(files, output, size)
+    for item, copied in zip(files, tracked, strict=True):
         assert copied.size is not None
         report.artifacts.append(esp.artifact(item, copied.size, copied.sha256))
         if copied.sha256 is not None and copied.ranged_sha256 is not None:
@@ -158,18 +200,25 @@ def build(system: System, output: Path, *, size: int | None = None) -> BuildRepo
 
 
 def _build(system: System, output: Path, options: registry.BuildOptions) -> BuildReport:
-    return build(system, output, size=options.size)
+    return build(
+        system, output, size=options.size, loader=_loader(options), signing=options.signing
+    )
+
+
+def _loader(options: registry.BuildOptions) -> str | None:
+    return None if options.loader in (None, "uefi") else options.loader
 
 
 registry.register(
     registry.OutputFormat(
         name="disk",
-        summary="a GPT disk image holding that ESP, to dd to a USB stick",
+        summary="a GPT disk image holding that ESP, to dd to a USB stick (--loader uboot "
+        "or fit: the U-Boot tree or FIT instead)",
         writes=registry.Writes.FILE,
         plan=esp.plan,
         build=_build,
         example="xen-disk.img",
-        options=frozenset({"size"}),
+        options=frozenset({"size", "loader"}),
         signing=registry.Signing.LOADER,
         pe_images=registry.PeImages.DISK,
     )

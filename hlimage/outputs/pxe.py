@@ -1,4 +1,5 @@
-"""`--format pxe`: a TFTP/HTTP root whose boot file a UEFI PXE or HTTP client loads.
+"""`--format pxe`: a TFTP/HTTP root whose boot file a UEFI PXE or HTTP client loads, or with
+`--loader uboot` or `fit` the TFTP root U-Boot's network boot reads boot.scr.uimg from.
 
 The boot file is a unified xen.efi where the binding and the Xen can boot that way over the
 network (xen/efi.py: Xen 4.22 and newer), else a one-file GRUB image with everything in its
@@ -9,12 +10,14 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from hlimage.errors import HlimageError
 from hlimage.model import Arch, System
-from hlimage.outputs import grub_standalone, registry, unified
+from hlimage.outputs import esp, grub_standalone, registry, uboot, unified
 from hlimage.plumbing.atomic import atomic_directory
 from hlimage.plumbing.messages import note
+from hlimage.plumbing.streams import copy_stream
 from hlimage.report import Artifact, BuildReport
 from hlimage.xen import binding, grub_entry, policy
 from hlimage.xen.probe import probe_efi
@@ -105,7 +108,68 @@ def build(
     return report
 
 
+UBOOT_SCRIPT = "boot.scr.uimg"
+"""The one name U-Boot's default boot asks the TFTP server for (docs/uboot.md)."""
+
+
+def uboot_readme(system: System, how: str) -> str:
+    return f"""A U-Boot network boot root made by hlimage for {system.name} ({system.arch.value}).
+
+Boot script: {UBOOT_SCRIPT} ({how}). Serve the directory by TFTP: U-Boot's default boot
+(distro boot's dhcp target) asks the DHCP server for an address and then the TFTP server for
+{UBOOT_SCRIPT}, which it runs. The file names the DHCP server gives are not used.
+
+dnsmasq as DHCP proxy and TFTP server next to an existing DHCP server (replace the subnet):
+
+  dnsmasq --no-daemon --port=0 --enable-tftp --tftp-root="$PWD" --dhcp-range=192.0.2.0,proxy
+
+From a U-Boot prompt: dhcp; tftpboot ${{scriptaddr}} {UBOOT_SCRIPT}; source ${{scriptaddr}}
+(with devtype=dhcp set first for a script that loads files: setenv devtype dhcp).
+
+QEMU (user networking, no disk): -netdev user,id=n0,tftp=DIR -device virtio-net-pci,netdev=n0
+"""
+
+
+def build_uboot(
+    system: System, output: Path, loader: str, signing: Any = None, *, digests: bool = True
+) -> BuildReport:
+    """A TFTP root that U-Boot boots: the uboot tree, or the FIT as boot.scr.uimg."""
+    report = BuildReport("pxe", output)
+    if loader == "fit":
+        from hlimage.formats.fit import FitPayload
+        from hlimage.outputs import fit as fit_output
+
+        signer = fit_output.signer_of(signing)
+        how = "a FIT with Xen, its device tree, every module and the script that boots them"
+        with (
+            uboot.spooled(uboot.modules(system), output) as sized,
+            atomic_directory(output) as temporary,
+        ):
+            planned = fit_output.boot(system, sized, signer=signer)
+            payload = FitPayload(planned.fit, signer, label=UBOOT_SCRIPT)
+            with (temporary / UBOOT_SCRIPT).open("wb") as out:
+                result = copy_stream(payload, out, digest=digests)
+            (temporary / "README.txt").write_text(uboot_readme(system, how))
+            assert payload.result is not None and result.size is not None
+            report.artifacts = [
+                Artifact(UBOOT_SCRIPT, "boot", result.size, result.sha256, how),
+                *fit_output.artifacts(planned, payload.result.sha256, prefix=f"{UBOOT_SCRIPT}:"),
+            ]
+        return report
+    how = "a U-Boot script that loads the files beside it over TFTP"
+    with uboot.planned_files(system, output) as planned_tree, atomic_directory(output) as temporary:
+        esp.write_tree(planned_tree.files, temporary, report, digests=digests)
+        (temporary / "README.txt").write_text(uboot_readme(system, how))
+    return report
+
+
 def _build(system: System, output: Path, options: registry.BuildOptions) -> BuildReport:
+    if options.loader in ("uboot", "fit"):
+        if options.grub_lib is not None:
+            raise HlimageError(
+                f"--grub-lib: --loader {options.loader} boots without GRUB; drop --grub-lib"
+            )
+        return build_uboot(system, output, options.loader, options.signing, digests=options.digests)
     return build(system, output, grub_lib=options.grub_lib, digests=options.digests)
 
 
@@ -118,6 +182,6 @@ registry.register(
         build=_build,
         pe_images=registry.PeImages.TREE,
         example="xen-pxe",
-        options=frozenset({"grub_lib"}),
+        options=frozenset({"grub_lib", "loader"}),
     )
 )

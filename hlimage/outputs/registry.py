@@ -8,18 +8,20 @@ nothing (`hlimage --version`) do not pay for them.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from hlimage.errors import HlimageError
-from hlimage.model import System
+from hlimage.model import Arch, System
 from hlimage.report import BuildReport
 
 # The output modules, in the order `hlimage check` and the help list their formats.
-MODULES = ("unified", "esp", "disk", "grub_directory", "grub_standalone", "pxe")
+MODULES = ("unified", "esp", "disk", "grub_directory", "grub_standalone", "pxe", "uboot", "fit")
 
 
 @dataclass(frozen=True)
@@ -31,6 +33,11 @@ class BuildOptions:
     size: int | None = None
     prefix: str | None = None
     grub_lib: Path | None = None
+    loader: str | None = None
+    """What boots the disk or PXE tree: None (as "uefi"), or a key of LOADERS."""
+    signing: Any = None
+    """The --key a Signing.SELF format signs its own output with (trust.SigningKey); set by
+    the build, not an option of its own."""
     digests: bool = True
     """Whether the build computes the digests the manifest prints (not under --no-manifest):
     not an option a user gives, so not in OPTIONS."""
@@ -52,6 +59,7 @@ OPTIONS = {
     "size": Option("--size", "has a size"),
     "prefix": Option("--prefix", "has a path prefix"),
     "grub_lib": Option("--grub-lib", "makes a GRUB image"),
+    "loader": Option("--loader", "chooses the boot loader"),
 }
 
 
@@ -62,7 +70,32 @@ class Signing(enum.Enum):
     """The output is one PE file: built beside the target, then signed into place."""
     LOADER = "loader"
     """The output carries xen.efi as the loader firmware starts: built from a signed copy."""
+    SELF = "self"
+    """The format signs its own output with the key (a FIT's configuration signature): its
+    build is given the key in BuildOptions.signing."""
     NONE = "none"
+
+
+@dataclass(frozen=True)
+class Loader:
+    """What `--loader NAME` makes a disk image or a PXE tree boot with, instead of UEFI."""
+
+    name: str
+    what: str
+    signing: Signing
+    unsigned_because: str = ""
+
+
+LOADERS = {
+    "uefi": Loader("uefi", "UEFI firmware (the default)", Signing.LOADER),
+    "uboot": Loader(
+        "uboot",
+        "U-Boot, through a boot script and the files beside it (the uboot format's tree)",
+        Signing.NONE,
+        "with --loader uboot boots through a U-Boot script, which U-Boot does not verify",
+    ),
+    "fit": Loader("fit", "U-Boot, from one FIT image (the fit format) as the script", Signing.SELF),
+}
 
 
 class Writes(enum.Enum):
@@ -88,8 +121,9 @@ class OutputFormat:
     summary: str
     """One line for `hlimage build --help`."""
     writes: Writes
-    plan: Callable[[System], None]
-    """Everything `build` does before it writes (what `hlimage check` runs)."""
+    plan: Callable[[System], Sequence[str] | None]
+    """Everything `build` does before it writes (what `hlimage check` runs); it may return
+    lines for check to print under the format's verdict (the U-Boot memory map)."""
     build: Callable[[System, Path, BuildOptions], BuildReport]
     example: str
     """An output name to suggest: `hlimage build ... --format NAME -o EXAMPLE`."""
@@ -98,6 +132,8 @@ class OutputFormat:
     unsigned_because: str = ""
     """Why --key is refused, where it is: "boots Xen through ...", after "--format NAME"."""
     pe_images: PeImages = PeImages.NONE
+    arches: frozenset[Arch] = frozenset(Arch)
+    """The architectures whose descriptions it can carry."""
 
 
 @dataclass
@@ -124,6 +160,12 @@ def _load() -> dict[str, OutputFormat]:
     if not _registry.loaded:
         for module in MODULES:
             importlib.import_module(f"hlimage.outputs.{module}")
+        # In MODULES' order, whichever module imported another first (disk imports uboot).
+        ordered = sorted(
+            _registry.formats.values(),
+            key=lambda output: MODULES.index(output.build.__module__.rsplit(".", 1)[-1]),
+        )
+        _registry.formats = {output.name: output for output in ordered}
         _registry.loaded = True
     return _registry.formats
 
@@ -156,5 +198,34 @@ def refuse_options(output: OutputFormat, options: BuildOptions) -> None:
         )
 
 
+def refuse_arch(output: OutputFormat, system: System) -> None:
+    """A format that cannot carry the description's architecture says so before any work."""
+    if system.arch in output.arches:
+        return
+    takers = [f.name for f in formats() if system.arch in f.arches]
+    raise HlimageError(
+        f"[image] arch: --format {output.name} is for "
+        f"{' and '.join(sorted(a.value for a in output.arches))} only, not "
+        f'"{system.arch.value}"; use --format {" or ".join(", ".join(takers).rsplit(", ", 1))}',
+        where=system.source,
+    )
+
+
 def signable() -> list[str]:
     return [f.name for f in formats() if f.signing is not Signing.NONE]
+
+
+def with_options(output: OutputFormat, options: BuildOptions) -> OutputFormat:
+    """The record as these options make it: `--loader` changes how --key signs."""
+    if options.loader is None or "loader" not in output.options:
+        return output
+    if options.loader not in LOADERS:
+        raise HlimageError(
+            f"--loader {options.loader}: unknown; choose one of {', '.join(LOADERS)}"
+        )
+    loader = LOADERS[options.loader]
+    if loader.signing is Signing.LOADER:
+        return output
+    return dataclasses.replace(
+        output, signing=loader.signing, unsigned_because=loader.unsigned_because
+    )

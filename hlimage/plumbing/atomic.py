@@ -153,9 +153,9 @@ def scratch_directory(target: Path) -> Iterator[Path]:
         yield Path(scratch)
 
 
-# What hlimage's directory outputs hold (esp, grub, pxe); a directory with none of them, nor a
-# manifest beside it, is someone's data that replacing would delete.
-OUTPUT_MARKS = ("EFI", "grub.cfg", "README.txt")
+# What hlimage's directory outputs hold (esp, grub, pxe, uboot); a directory with none of them,
+# nor a manifest beside it, is someone's data that replacing would delete.
+OUTPUT_MARKS = ("EFI", "grub.cfg", "README.txt", "boot.scr")
 
 
 def _replaceable(target: Path) -> bool:
@@ -178,8 +178,9 @@ def atomic_directory(target: Path) -> Iterator[Path]:
         )
     if target.is_dir() and not _replaceable(target):
         raise HlimageError(
-            "-o: is a directory that holds files but no hlimage output (no EFI, grub.cfg or "
-            "README.txt in it); replacing it would delete them: name a new or empty directory",
+            "-o: is a directory that holds files but no hlimage output (no EFI, grub.cfg, "
+            "README.txt or boot.scr in it); replacing it would delete them: name a new or "
+            "empty directory",
             where=shown,
         )
     _clean_stale(target)

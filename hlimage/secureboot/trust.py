@@ -43,6 +43,8 @@ class SigningKey:
     key_pem: bytes
     cert_pem: bytes
     password: bytes | None
+    name: str = "hlimage"
+    """The key's name: its file's stem, as mkimage -k DIR names keys (a FIT's key-name-hint)."""
 
 
 def _read(path: Path, option: str) -> bytes:
@@ -90,7 +92,7 @@ def load_signing_key(key: Path, cert: Path, password_file: Path | None = None) -
             f"--cert {cert}: no certificate in it is for the private key given with --key; "
             "give the certificate that belongs to that key"
         )
-    return SigningKey(key_pem, cert_pem, password)
+    return SigningKey(key_pem, cert_pem, password, key.stem)
 
 
 def _warn_layout(result: sign.SignResult, path: Path) -> None:
@@ -168,11 +170,12 @@ def build_signed(
     output_format: OutputFormat,
     output: Path,
     signing: SigningKey,
-    build: Callable[[System, Path], BuildReport],
+    build: Callable[..., BuildReport],
 ) -> BuildReport:
     """Run `build` (one format's plain build) so that its boot loader comes out signed, as the
     format's registry record says.
 
+    Signing.SELF (fit): `build(system, output, signing)` signs as it writes.
     Signing.OUTPUT (unified): built beside the output, then signed into place, as sections
     added after signing would break the signature. Signing.LOADER (esp, disk): their
     EFI/BOOT/BOOT*.EFI is a copy of xen.efi, so the build is given a signed xen.efi instead.
@@ -189,6 +192,8 @@ def build_signed(
             f"--key: hlimage does not sign --format {name} outputs; sign with --format "
             f"{signable}, or sign its boot file afterwards with hlimage sign"
         )
+    if output_format.signing is registry.Signing.SELF:
+        return build(system, output, signing)
     if output_format.signing is registry.Signing.OUTPUT:
         if output.is_dir():
             raise HlimageError(

@@ -8,6 +8,7 @@ them, GRUB loads them in this order and the hyperlaunch LCM refers to them by in
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from pathlib import Path
 
 from hlimage.errors import HlimageError
@@ -36,9 +37,9 @@ class _Namer:
 
     RESERVED = frozenset({"xen.dtb", "BOOTX64.EFI", "BOOTX64.cfg", "BOOTAA64.EFI", "BOOTAA64.cfg"})
 
-    def __init__(self) -> None:
+    def __init__(self, reserved: Iterable[str] = ()) -> None:
         self.by_source: dict[Path, str] = {}
-        self.used: set[str] = {name.lower() for name in self.RESERVED}
+        self.used: set[str] = {name.lower() for name in (*self.RESERVED, *reserved)}
 
     def name(self, preferred: str, prefix: str, source: Path | None) -> str:
         if source is not None and source in self.by_source:
@@ -135,9 +136,10 @@ def xen_modules(system: System, namer: _Namer | None = None) -> list[Module]:
     return modules
 
 
-def all_modules(system: System) -> list[Module]:
-    """Every domain's modules in description order, then Xen's own."""
-    namer = _Namer()
+def all_modules(system: System, reserved: Iterable[str] = ()) -> list[Module]:
+    """Every domain's modules in description order, then Xen's own; no module is given a
+    name in `reserved` (the output's own files)."""
+    namer = _Namer(reserved)
     modules = []
     for domain in system.domains:
         modules += domain_modules(system, domain, namer)

@@ -18,13 +18,14 @@ a kernel that several share.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from hlimage.errors import HlimageError
 from hlimage.formats import align_up, fdt, linux
 from hlimage.formats.payload import Region
-from hlimage.model import System
+from hlimage.model import Arch, System
 from hlimage.planned import Role
 from hlimage.xen import dom0less, efi
 from hlimage.xen.modules import Module
@@ -35,6 +36,11 @@ ALIGN = 2 << 20
 UBOOT_RESERVE = 64 << 20
 """Top of the bank kept free. QEMU virt's U-Boot (2023.01, 2 GiB) relocates itself from about
 0xbddb2000 up, 34 MiB below the top; loads below 0xbdd00000 were booted."""
+SCRIPTADDR_KEY = "[uboot] scriptaddr"
+RESERVE_KEY = "[uboot] reserve"
+START_KEY = "[uboot] memory_start"
+END_KEY = "[uboot] memory_end"
+KEPT_LABEL = "kept for U-Boot"
 DTB_KEY = "[xen] dtb"
 XEN_KEY = "[xen] efi"
 XSM_COMPATIBLE = "xen,xsm-policy"
@@ -68,6 +74,9 @@ class MemoryPlan:
     """In the order of the modules given."""
     reserved: tuple[tuple[int, int], ...]
     """/reserved-memory and /memreserve/ ranges inside the bank, which nothing overlaps."""
+    limit_label: str = KEPT_LABEL
+    """What lies from `limit` to the bank's end: U-Boot's reserve, or what [uboot] memory_end
+    leaves out."""
 
     def slot_of(self, module: Module) -> Slot:
         for slot in self.modules:
@@ -82,6 +91,14 @@ class MemoryPlan:
     @property
     def end(self) -> int:
         return max(slot.end for slot in self.slots)
+
+
+def scriptaddr_of(system: System) -> int:
+    return SCRIPTADDR if system.uboot.scriptaddr is None else system.uboot.scriptaddr
+
+
+def reserve_of(system: System) -> int:
+    return UBOOT_RESERVE if system.uboot.reserve is None else system.uboot.reserve
 
 
 def module_label(module: Module) -> str:
@@ -224,8 +241,8 @@ def plan(
     *,
     script_size: int,
     module_sizes: Sequence[int] | None = None,
-    scriptaddr: int = SCRIPTADDR,
-    uboot_reserve: int = UBOOT_RESERVE,
+    scriptaddr: int | None = None,
+    uboot_reserve: int | None = None,
     version: tuple[int, int] | None = None,
 ) -> MemoryPlan:
     """Load addresses for Xen, the host tree and every module, packed above the script.
@@ -236,6 +253,14 @@ def plan(
     `module_sizes` gives the modules' final sizes where a payload's is known only once it is
     written. Errors name the least memory that would be enough.
     """
+    if system.arch is not Arch.ARM64:
+        raise HlimageError(
+            f"[image] arch: hlimage boots Xen from U-Boot on arm64 only (booti), not "
+            f'"{system.arch.value}"; use a UEFI format (unified, esp, disk, pxe) or grub',
+            where=system.source,
+        )
+    scriptaddr = scriptaddr_of(system) if scriptaddr is None else scriptaddr
+    uboot_reserve = reserve_of(system) if uboot_reserve is None else uboot_reserve
     tree = _host_tree(system)
     sizes = _module_sizes(modules, module_sizes)
     banks = memory_banks(system, tree)
@@ -244,11 +269,28 @@ def plan(
         listed = ", ".join(f"0x{start:x}+0x{size:x}" for start, size in banks)
         raise HlimageError(
             f"{DTB_KEY}: U-Boot reads the boot script to 0x{scriptaddr:x}, which no /memory "
-            f"range holds ({listed}); give the host tree of the machine U-Boot runs on",
+            f"range holds ({listed}); give the board's scriptaddr as {SCRIPTADDR_KEY}, or the "
+            "host tree of the machine U-Boot runs on",
             where=system.xen.dtb,
         )
     bank_end = bank[0] + bank[1]
-    limit = bank_end - uboot_reserve
+    if uboot_reserve >= bank_end - scriptaddr:
+        raise HlimageError(
+            f"{RESERVE_KEY}: {_mib(uboot_reserve)} MiB is all the RAM above U-Boot's scriptaddr "
+            f"0x{scriptaddr:x} (the bank ends at 0x{bank_end:x}); give a smaller reserve",
+            where=system.source,
+        )
+    limit, limit_label = bank_end - uboot_reserve, KEPT_LABEL
+    window = system.uboot
+    for key, value in ((START_KEY, window.memory_start), (END_KEY, window.memory_end)):
+        if value is not None and not bank[0] <= value <= bank_end:
+            raise HlimageError(
+                f"{key}: 0x{value:x} is outside the RAM that holds U-Boot's scriptaddr "
+                f"(0x{bank[0]:x}-0x{bank_end - 1:x} in {DTB_KEY}); give an address in it",
+                where=system.source,
+            )
+    if window.memory_end is not None and window.memory_end < limit:
+        limit, limit_label = window.memory_end, f"above {END_KEY}"
     # What the description reserves for domains and Xen's heap is off limits too: a module
     # loaded there would be overwritten, or Xen would refuse the overlap.
     reserved = tuple(
@@ -257,7 +299,21 @@ def plan(
         if start < bank_end and start + size > bank[0]
     )
     script = Slot("boot script / FIT", scriptaddr, script_size)
-    packer = _Packer(scriptaddr + script_size, limit, reserved)
+    for start, size in reserved:
+        if start < script.address + max(script.size, 1) and script.address < start + size:
+            raise HlimageError(
+                f"{DTB_KEY}: reserves 0x{start:x}-0x{start + size - 1:x}, where U-Boot reads the "
+                f"boot script or FIT (from scriptaddr 0x{scriptaddr:x}); give the board's "
+                f"scriptaddr as {SCRIPTADDR_KEY}, or fix the tree's /reserved-memory",
+                where=system.xen.dtb,
+            )
+    # A domain's static memory is its RAM once Xen runs: nothing is loaded there either.
+    static = tuple(
+        (memory.address, memory.size) for domain in system.domains for memory in domain.static_mem
+    )
+    # Nothing goes below memory_start, nor over the script or FIT U-Boot is running from.
+    first = max(scriptaddr + script_size, window.memory_start or 0)
+    packer = _Packer(first, limit, tuple(sorted(reserved + static)))
     xen_size = _xen_size(system)
     xen = Slot("xen", packer.place(xen_size), xen_size)
     # The tree's size depends on the addresses only through its nodes' unit names: written with
@@ -269,7 +325,7 @@ def plan(
     slots = []
     for module, size in zip(modules, sizes, strict=True):
         slots.append(Slot(module_label(module), packer.place(size), size, module))
-    memory_plan = MemoryPlan(bank, limit, script, xen, dtb, tuple(slots), reserved)
+    memory_plan = MemoryPlan(bank, limit, script, xen, dtb, tuple(slots), reserved, limit_label)
     _check_fits(system, memory_plan, scriptaddr, uboot_reserve)
     return memory_plan
 
@@ -286,11 +342,18 @@ def _check_fits(system: System, memory_plan: MemoryPlan, scriptaddr: int, reserv
     if end <= memory_plan.limit:
         return
     needed = align_up(end + reserve - bank_start, 1 << 20)
+    if memory_plan.limit_label != KEPT_LABEL and end <= bank_start + bank_size - reserve:
+        raise HlimageError(
+            f"{END_KEY}: Xen, the device tree and the modules need memory from "
+            f"0x{scriptaddr:x} to 0x{end:x}, past memory_end 0x{memory_plan.limit:x}; give "
+            f'memory_end = "0x{align_up(end, 1 << 20):x}" or more, or smaller modules',
+            where=system.source,
+        )
     raise HlimageError(
         f"{DTB_KEY}: Xen, the device tree and the modules need memory from 0x{scriptaddr:x} to "
         f"0x{end:x}, but the RAM at 0x{bank_start:x} is {_mib(bank_size)} MiB and U-Boot keeps "
-        f"its top {_mib(reserve)} MiB; give the machine at least {_mib(needed)} MiB of memory "
-        f"(QEMU: -m {_mib(needed)}M) or smaller modules",
+        f"its top {_mib(reserve)} MiB ({RESERVE_KEY}); give the machine at least "
+        f"{_mib(needed)} MiB of memory (QEMU: -m {_mib(needed)}M) or smaller modules",
         where=system.source,
     )
 
@@ -394,7 +457,8 @@ def summary(memory_plan: MemoryPlan) -> list[str]:
         (slot.address, slot.end, slot.label) for slot in memory_plan.slots
     ]
     rows += [(start, start + size, "reserved (host tree)") for start, size in memory_plan.reserved]
-    rows.append((memory_plan.limit, bank_start + bank_size, "kept for U-Boot"))
+    if memory_plan.limit < bank_start + bank_size:
+        rows.append((memory_plan.limit, bank_start + bank_size, memory_plan.limit_label))
     lines = [f"RAM 0x{bank_start:x}-0x{bank_start + bank_size - 1:x} ({_mib(bank_size)} MiB)"]
     for start, end, label in sorted(rows):
         size = end - start
@@ -409,3 +473,152 @@ def _human(size: int) -> str:
         if size >= scale:
             return f"{size / scale:.1f} {unit}"
     return f"{size} B"
+
+
+# --- The boot script ---------------------------------------------------------------------------
+
+SCRIPT_NAME = "hlimage Xen boot"
+"""The script image's name (`mkimage -l` shows it)."""
+PARAMETERS_TAG = "# hlimage-uboot:"
+"""A comment line carrying the plan's scriptaddr and reserve, for `hlimage inspect`."""
+FAILED_VARIABLE = "hlimage_failed"
+
+
+@dataclass(frozen=True)
+class ScriptLoad:
+    address: int
+    file: str
+
+
+def _header(system: System, memory_plan: MemoryPlan, how: Sequence[str]) -> list[str]:
+    reserve = memory_plan.bank[0] + memory_plan.bank[1] - memory_plan.limit
+    lines = [f"# Boots Xen ({system.name}), written by hlimage.", *how]
+    lines.append(
+        f"{PARAMETERS_TAG} scriptaddr=0x{memory_plan.script.address:x} reserve=0x{reserve:x}"
+    )
+    lines.append("# Memory map:")
+    lines += [f"#   {line}" for line in summary(memory_plan)]
+    return lines
+
+
+def directory_script(
+    system: System,
+    memory_plan: MemoryPlan,
+    xen_file: str,
+    dtb_file: str,
+    module_files: Sequence[str],
+) -> str:
+    """The script of the U-Boot tree: load every file where the plan puts it, from the disk
+    partition or the TFTP server U-Boot's default boot found the script on, then booti.
+
+    Distro boot sets devtype, devnum, distro_bootpart and prefix on a disk, and devtype=dhcp
+    after it read the script over the network (docs/uboot.md). A file that several domains
+    share is read once and copied in memory (each domain has its own copy: see the module's
+    docstring). A load that fails leaves booti unrun: Xen would start on whatever the memory
+    held.
+    """
+    if len(module_files) != len(memory_plan.modules):
+        raise ValueError(f"{len(module_files)} file names for {len(memory_plan.modules)} modules")
+    slots = [memory_plan.xen, memory_plan.dtb, *memory_plan.modules]
+    names = [xen_file, dtb_file, *module_files]
+    loads: list[tuple[int, str]] = []
+    copies: list[tuple[int, int, int]] = []
+    first: dict[str, Slot] = {}
+    for slot, name in zip(slots, names, strict=True):
+        if not name or not name.isascii() or any(c.isspace() or c in "${}\"';\\#" for c in name):
+            raise HlimageError(f"{name!r}: a file name U-Boot's shell cannot take; rename it")
+        if name in first:
+            copies.append((first[name].address, slot.address, first[name].size))
+            continue
+        first[name] = slot
+        loads.append((slot.address, name))
+    how = [
+        "# U-Boot's default boot runs it from a disk's first partition (boot.scr) or over",
+        "# TFTP (boot.scr.uimg). From a U-Boot prompt, say where the files are first:",
+        "#   setenv devtype mmc; setenv devnum 0; setenv distro_bootpart 1",
+        "#   load mmc 0:1 ${scriptaddr} boot.scr; source ${scriptaddr}",
+    ]
+    failed = f"|| setenv {FAILED_VARIABLE}"
+    lines = _header(system, memory_plan, how)
+    lines.append(f"setenv {FAILED_VARIABLE}")
+    lines.append('if test "${devtype}" = "dhcp"; then')
+    lines.append('\techo "hlimage: loading Xen and its modules over TFTP"')
+    lines += [f"\ttftpboot 0x{address:x} {name} {failed} {name}" for address, name in loads]
+    lines.append('elif test -n "${devtype}"; then')
+    lines.append('\ttest -n "${distro_bootpart}" || setenv distro_bootpart 1')
+    lines.append('\ttest -n "${prefix}" || setenv prefix /')
+    lines.append(
+        '\techo "hlimage: loading Xen and its modules from ${devtype} ${devnum}:${distro_bootpart}"'
+    )
+    device = "${devtype} ${devnum}:${distro_bootpart}"
+    lines += [
+        f"\tload {device} 0x{address:x} ${{prefix}}{name} {failed} {name}"
+        for address, name in loads
+    ]
+    lines.append("else")
+    lines.append(f'\tsetenv {FAILED_VARIABLE} "devtype (set devtype and devnum first)"')
+    lines.append("fi")
+    lines.append(f'if test -n "${{{FAILED_VARIABLE}}}"; then')
+    lines.append(f'\techo "hlimage: could not load ${{{FAILED_VARIABLE}}}; Xen not started"')
+    lines.append("else")
+    lines += [f"\tcp.b 0x{source:x} 0x{target:x} 0x{size:x}" for source, target, size in copies]
+    lines.append(f"\tbooti 0x{memory_plan.xen.address:x} - 0x{memory_plan.dtb.address:x}")
+    lines.append("fi")
+    return "\n".join(lines) + "\n"
+
+
+def fit_script(system: System, memory_plan: MemoryPlan) -> str:
+    """The script inside a FIT (its /images/default): U-Boot's default boot reads the FIT to
+    scriptaddr and `source` runs this, which boots the FIT's default configuration."""
+    how = [
+        "# This FIT is its own boot script: U-Boot's default boot reads it to scriptaddr",
+        "# (as boot.scr from a disk, boot.scr.uimg over TFTP) and runs this. From a prompt:",
+        "#   load mmc 0:1 ${scriptaddr} boot.scr; bootm ${scriptaddr}",
+    ]
+    lines = _header(system, memory_plan, how)
+    lines.append("bootm ${scriptaddr}")
+    return "\n".join(lines) + "\n"
+
+
+_PARAMETERS = re.compile(
+    rf"^{re.escape(PARAMETERS_TAG)} scriptaddr=(0x[0-9a-f]+) reserve=(0x[0-9a-f]+)$", re.M
+)
+_LOAD = re.compile(
+    r"^\s*load \$\{devtype\} \$\{devnum\}:\$\{distro_bootpart\} (0x[0-9a-f]+) \$\{prefix\}(\S+)",
+    re.M,
+)
+_TFTP = re.compile(r"^\s*tftpboot (0x[0-9a-f]+) (\S+)", re.M)
+_COPY = re.compile(r"^\s*cp\.b (0x[0-9a-f]+) (0x[0-9a-f]+) (0x[0-9a-f]+)\s*$", re.M)
+_BOOTI = re.compile(r"^\s*booti (0x[0-9a-f]+) - (0x[0-9a-f]+)\s*$", re.M)
+
+
+@dataclass(frozen=True)
+class ParsedScript:
+    """What `hlimage inspect` reads back from a script hlimage wrote."""
+
+    scriptaddr: int | None
+    reserve: int | None
+    loads: tuple[ScriptLoad, ...]
+    """The files the disk branch loads (the TFTP branch loads the same)."""
+    tftp_loads: tuple[ScriptLoad, ...]
+    copies: tuple[tuple[int, int, int], ...]
+    """(source, target, size) of each file copied in memory once loaded."""
+    xen: int | None
+    dtb: int | None
+
+
+def parse_script(text: str) -> ParsedScript:
+    parameters = _PARAMETERS.search(text)
+    booti = _BOOTI.search(text)
+    return ParsedScript(
+        scriptaddr=int(parameters[1], 16) if parameters else None,
+        reserve=int(parameters[2], 16) if parameters else None,
+        loads=tuple(ScriptLoad(int(match[1], 16), match[2]) for match in _LOAD.finditer(text)),
+        tftp_loads=tuple(ScriptLoad(int(match[1], 16), match[2]) for match in _TFTP.finditer(text)),
+        copies=tuple(
+            (int(match[1], 16), int(match[2], 16), int(match[3], 16))
+            for match in _COPY.finditer(text)
+        ),
+        xen=int(booti[1], 16) if booti else None,
+        dtb=int(booti[2], 16) if booti else None,
+    )

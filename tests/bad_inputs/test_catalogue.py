@@ -150,6 +150,31 @@ def _dtb_with_smmuv3() -> bytes:
     return tree.build()
 
 
+def _qemu_dtb(memory: str | None = None, reserved: tuple[int, str] | None = None) -> bytes:
+    from hlimage.config import parse_size
+    from hlimage.formats import fdt
+
+    tree = fdt.parse((payloads.CACHE / payloads.ARM64_DTB).read_bytes())
+    if memory is not None:
+        size = parse_size(memory)
+        assert size is not None
+        node = tree.node("/memory@40000000")
+        assert node is not None
+        node.set("reg", fdt.cells(0, 0x40000000, size >> 32, size & 0xFFFFFFFF))
+    if reserved is not None:
+        address, length = reserved
+        size = parse_size(length)
+        assert size is not None
+        parent = tree.ensure("/reserved-memory")
+        for key, value in (("#address-cells", 2), ("#size-cells", 2)):
+            parent.set(key, fdt.u32(value))
+        parent.set("ranges", fdt.empty())
+        carveout = parent.add_child(fdt.Node(f"carveout@{address:x}"))
+        carveout.set("reg", fdt.cells(0, address, 0, size))
+        carveout.set("no-map", fdt.empty())
+    return tree.build()
+
+
 def _lz4_literal_block(data: bytes) -> bytes:
     """One LZ4 block holding `data` as literals only: valid for any decoder, and the same bytes
     whatever lz4 library is installed (so the catalogue's sizes do not move)."""
@@ -275,6 +300,11 @@ def make(directory: Path, scratch: Path, name: str, recipe: str) -> None:
             xen_images.restamped(path, release, options)
         case "dtb-smmuv3":  # QEMU virt's tree with an SMMUv3, as -machine virt,iommu=smmuv3
             path.write_bytes(_dtb_with_smmuv3())
+        case "dtb-memory":  # SIZE: QEMU's arm64 tree with that much RAM at 0x40000000
+            path.write_bytes(_qemu_dtb(memory=argument))
+        case "dtb-reserved":  # ADDRESS SIZE: QEMU's arm64 tree with a /reserved-memory carveout
+            address, length = argument.split()
+            path.write_bytes(_qemu_dtb(reserved=(int(address, 0), length)))
         case _:
             raise AssertionError(f"unknown recipe {recipe!r} for {name}")
 

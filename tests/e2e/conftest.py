@@ -32,6 +32,14 @@ def qemu_arm64(cache: Path) -> str:
     return qemu.ARM64
 
 
+@pytest.fixture(scope="session")
+def qemu_uboot(cache: Path) -> str:
+    """arm64 QEMU with Debian's U-Boot as its firmware (u-boot-qemu)."""
+    require(shutil.which("qemu-system-aarch64") is not None, "qemu-system-arm not installed")
+    require(qemu.UBOOT.is_file(), f"{qemu.UBOOT} missing (package {qemu.UBOOT_PACKAGE})")
+    return qemu.ARM64
+
+
 @pytest.fixture(params=payloads.XEN_VERSIONS)
 def xen_version(request: pytest.FixtureRequest) -> str:
     """Each boot test runs once per Debian Xen release (ids [4.17], [4.20]); a test that

@@ -6,9 +6,8 @@ from pathlib import Path
 
 from hlimage import qemu
 from tests.conftest import run_cli
-from tests.e2e.test_esp_boot import loaded_domus
 from tests.support import descriptions
-from tests.support.boot import boot
+from tests.support.boot import boot, loaded_domus
 from tests.support.descriptions import Guest
 
 

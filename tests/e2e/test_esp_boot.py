@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 from hlimage import qemu
 from tests.conftest import run_cli
 from tests.support import descriptions
-from tests.support.boot import boot
+from tests.support.boot import boot, loaded_domus
 from tests.support.descriptions import Guest
 
 
@@ -16,13 +15,6 @@ def build_esp(description: Path, output: Path) -> Path:
     result = run_cli("build", description, "--format", "esp", "-o", output)
     assert result.code == 0, result.stderr
     return output
-
-
-def loaded_domus(output: str) -> list[tuple[int, int]]:
-    """(cpus, memory KiB) of each 'LOADING DOMU' line, memory printed in hex KiB: Xen 4.17
-    prints `memory=30000KB`, 4.20 `memory=0x30000KB`."""
-    found = re.findall(r"LOADING DOMU cpus=(\d+) memory=(?:0x)?([0-9a-fA-F]+)KB", output)
-    return [(int(cpus), int(memory, 16)) for cpus, memory in found]
 
 
 def test_arm64_dom0_and_two_domus(

@@ -1,6 +1,7 @@
 """Fuzzing `hlimage inspect` on mutated real outputs: unified images (x86, arm64, signed), an
-ESP tree, a GPT disk image and a dom0less device tree, each built once from the cached Xen
-images with small stand-in kernels, then changed in their headers and tables."""
+ESP tree, a GPT disk image, a dom0less device tree, a U-Boot tree, its script and a FIT, each
+built once from the cached Xen images with small stand-in kernels, then changed in their
+headers and tables."""
 
 from __future__ import annotations
 
@@ -67,6 +68,8 @@ def outputs(cache: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, 
         "arm64-unified": ("arm64.toml", "unified", root / "arm64.efi"),
         "esp": ("dom0less.toml", "esp", root / "esp"),
         "disk": ("dom0less.toml", "disk", root / "disk.img"),
+        "uboot": ("dom0less.toml", "uboot", root / "uboot"),
+        "fit": ("dom0less.toml", "fit", root / "boot.fit"),
     }
     for description, output_format, output in made.values():
         system = config.load(root / description)
@@ -75,6 +78,7 @@ def outputs(cache: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, 
     key_pem, cert_pem = key_and_certificate()
     paths["signed"] = root / "signed.efi"
     sign_file(paths["x86-unified"], paths["signed"], SigningKey(key_pem, cert_pem, None))
+    paths["script"] = paths["uboot"] / "boot.scr"
     paths["dtb"] = root / "dom0less.dtb"
     paths["dtb"].write_bytes(build.lcm(config.load(root / "dom0less.toml")))
     return paths
@@ -117,7 +121,7 @@ def check_inspect(target: Path, digests: bool) -> None:
 
 @FUZZ_SLOW
 @given(
-    st.sampled_from(["x86-unified", "arm64-unified", "signed", "disk", "dtb"]),
+    st.sampled_from(["x86-unified", "arm64-unified", "signed", "disk", "dtb", "fit", "script"]),
     st.booleans(),
     st.data(),
 )
@@ -142,6 +146,21 @@ def test_inspect_mutated_esp(
     shutil.copytree(outputs["esp"], tree, symlinks=True)
     boot = tree / "EFI" / "BOOT"
     victim = boot / data.draw(st.sampled_from(sorted(p.name for p in boot.iterdir())))
+    victim.write_bytes(data.draw(mutated(victim.read_bytes(), hot=hot_ranges(victim))))
+    event(victim.name)
+    check_inspect(tree, digests)
+
+
+@FUZZ_SLOW
+@given(st.booleans(), st.data())
+def test_inspect_mutated_uboot_tree(
+    outputs: dict[str, Path], scratch: Path, digests: bool, data: st.DataObject
+) -> None:
+    """One file of the U-Boot tree changed: its script, Xen, its device tree, a module."""
+    tree = scratch / "uboot"
+    shutil.rmtree(tree, ignore_errors=True)
+    shutil.copytree(outputs["uboot"], tree, symlinks=True)
+    victim = tree / data.draw(st.sampled_from(sorted(p.name for p in tree.iterdir())))
     victim.write_bytes(data.draw(mutated(victim.read_bytes(), hot=hot_ranges(victim))))
     event(victim.name)
     check_inspect(tree, digests)

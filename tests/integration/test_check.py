@@ -18,9 +18,12 @@ def verdicts(description: Path) -> tuple[int, dict[str, str | None]]:
 def test_x86_classic_fits_everything(cache: Path, tmp_path: Path) -> None:
     code, found = verdicts(descriptions.x86_classic(tmp_path))
     assert code == 0
+    arm64_only = {name: found.pop(name) for name in ("uboot", "fit")}
     assert found == dict.fromkeys(
         ["unified", "esp", "disk", "grub", "grub-standalone", "pxe"], None
     )
+    for name, problem in arm64_only.items():
+        assert f'--format {name} is for arm64 only, not "x86_64"' in (problem or "")
 
 
 def test_arm64_domus_name_the_formats(cache: Path, tmp_path: Path) -> None:

@@ -90,9 +90,19 @@ def json_keys(data: object, depth: int = 0) -> set[str]:
 
 def test_readme_names_every_inspect_and_check_key(cache: Path, tmp_path: Path) -> None:
     description = descriptions.arm64(tmp_path, [Guest("guest1")])
-    outputs = {"esp": tmp_path / "esp", "disk": tmp_path / "disk.img"}
+    outputs = {
+        "esp": tmp_path / "esp",
+        "disk": tmp_path / "disk.img",
+        "uboot": tmp_path / "uboot",
+        "fit": tmp_path / "boot.fit",
+    }
     for output_format, output in outputs.items():
         assert run_cli("build", description, "-f", output_format, "-o", output).code == 0
+    outputs["uboot-disk"] = tmp_path / "uboot.img"
+    result = run_cli("build", description, "-f", "disk", "--loader", "uboot", "-o",
+                     outputs["uboot-disk"])  # fmt: skip
+    assert result.code == 0, result.stderr
+    outputs["script"] = outputs["uboot"] / "boot.scr"
     unified = descriptions.x86_classic(tmp_path, name="x86.toml")
     assert run_cli("build", unified, "-f", "unified", "-o", tmp_path / "x.efi").code == 0
     assert run_cli("lcm", description, "-o", tmp_path / "host.dtb").code == 0
@@ -112,7 +122,9 @@ def test_readme_names_every_inspect_and_check_key(cache: Path, tmp_path: Path) -
             assert {"type", "path", "kind", "domains"} <= documented
 
     check = json.loads(run_cli("check", "--json", description).stdout)
-    assert all(set(verdict) == {"format", "problem"} for verdict in check)
+    assert all(set(verdict) <= {"format", "problem", "details"} for verdict in check)
+    assert any("details" in verdict for verdict in check)
+    assert '"details"' in README[README.index("`hlimage check --json` prints") :]
     assert '{"format": "unified", "problem": null}' in README
 
 

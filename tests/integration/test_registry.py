@@ -9,9 +9,11 @@ from pathlib import Path
 
 import pytest
 
+from hlimage.model import Arch
 from hlimage.outputs import registry
 from tests.conftest import run_cli
 from tests.support import descriptions
+from tests.support.descriptions import Guest
 
 FORMATS = registry.names()
 # A value for each build option, as the command line takes it.
@@ -20,6 +22,7 @@ OPTION_ARGS = {
     "size": ["--size", "64M"],
     "prefix": ["--prefix", "/boot"],
     "grub_lib": ["--grub-lib", "/usr/lib/grub/x86_64-efi"],
+    "loader": ["--loader", "uboot"],
 }
 
 
@@ -35,8 +38,15 @@ def digest_of(path: Path) -> str:
     return digest.hexdigest()
 
 
+def description_for(output: registry.OutputFormat, directory: Path) -> Path:
+    """x86 classic where the format takes x86, else arm64 dom0 and a dom0less domU."""
+    if Arch.X86_64 in output.arches:
+        return descriptions.x86_classic(directory)
+    return descriptions.arm64(directory, [Guest("guest1", "128M", 1)])
+
+
 def test_the_registry_lists_each_output_module_once() -> None:
-    assert FORMATS == ["unified", "esp", "disk", "grub", "grub-standalone", "pxe"]
+    assert FORMATS == ["unified", "esp", "disk", "grub", "grub-standalone", "pxe", "uboot", "fit"]
     assert set(OPTION_ARGS) == set(registry.OPTIONS)
     for output in registry.formats():
         assert output.summary and output.example and output.options <= registry.OPTIONS.keys()
@@ -55,8 +65,8 @@ def test_every_format_builds_inspects_and_rebuilds_the_same(
     name: str, cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")
-    description = descriptions.x86_classic(tmp_path)
     output = registry.get(name)
+    description = description_for(output, tmp_path)
     digests = []
     for attempt in ("first", "second"):
         target = tmp_path / attempt / output.example
@@ -70,7 +80,7 @@ def test_every_format_builds_inspects_and_rebuilds_the_same(
     assert digests[0] == digests[1]
     # What a build wrote, inspect can read (an ESP tree, a disk, a PE, a directory of files).
     inspected = tmp_path / "first" / output.example
-    if name in ("unified", "esp", "disk", "grub-standalone"):
+    if name in ("unified", "esp", "disk", "grub-standalone", "uboot", "fit"):
         result = run_cli("inspect", inspected, "--no-digests")
         assert result.code == 0, result.stderr
         assert result.stdout
@@ -134,8 +144,8 @@ def test_digests_computed_while_writing_match_the_output(
     import json
 
     monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")
-    description = descriptions.x86_classic(tmp_path)
     output = registry.get(name)
+    description = description_for(output, tmp_path)
     targets = []
     for attempt, flags in (("with", []), ("without", ["--no-manifest"])):
         target = tmp_path / attempt / output.example

@@ -24,6 +24,8 @@ OUTPUT_NAMES = {
     "grub": "grub",
     "grub-standalone": "grub.efi",
     "pxe": "pxe",
+    "uboot": "uboot",
+    "fit": "boot.scr",
 }
 # What `hlimage check` says against Debian's Xen 4.17, for the templates it cannot build.
 REFUSALS = {

@@ -33,6 +33,13 @@ FATAL = (
     "UiApp",
     "Couldn't obtain the File System",
     "Synchronous Exception",
+    # U-Boot (docs/uboot.md): a script or an image it refused, or hlimage's script giving up.
+    "SCRIPT FAILED",
+    "Bad Data Hash",
+    "Bad FIT image format",
+    "can't get kernel image",
+    "Wrong Image Format",
+    "; Xen not started",
 )
 
 
@@ -95,6 +102,7 @@ def boot(
     command: Sequence[str] | None = None,
     until_exit: bool = False,
     cmdlines: Mapping[str, str],
+    uboot: bool = False,
 ) -> BootResult:
     """Boot and wait for `marker(name)` of every name in `domains`.
 
@@ -104,8 +112,10 @@ def boot(
     reading after the markers until it exits by itself, for its `returncode`. `cmdlines`:
     what each domain's /proc/cmdline must be for `check` to pass (descriptions.cmdlines gives
     the description's; a test whose Xen cannot pass one exactly says so with its own value).
+    `uboot` boots arm64 with Debian's U-Boot as firmware, and no key is ever pressed (stdin is
+    closed).
     """
-    qemu.check_tools(arch, secure_boot=secure_boot)
+    qemu.check_tools(arch, secure_boot=secure_boot, uboot=uboot)
     expected = {marker(name): name for name in domains}
     with tempfile.TemporaryDirectory(prefix="hlimage-boot-") as scratch:
         if command is not None:
@@ -115,8 +125,9 @@ def boot(
             if arch == qemu.X86_64:
                 vars_copy = qemu.prepare_vars(Path(scratch) / "vars.fd", secure_boot=secure_boot)
             argv = qemu.command(
-                arch, media, vars_copy=vars_copy, secure_boot=secure_boot, memory=memory
-            )
+                arch, media, vars_copy=vars_copy, secure_boot=secure_boot, memory=memory,
+                uboot=uboot,
+            )  # fmt: skip
         started = time.monotonic()
         process = subprocess.Popen(
             argv,
@@ -182,6 +193,13 @@ def boot(
         output=text,
         cmdlines=dict(cmdlines),
     )
+
+
+def loaded_domus(output: str) -> list[tuple[int, int]]:
+    """(cpus, memory KiB) of each 'LOADING DOMU' line, memory printed in hex KiB: Xen 4.17
+    prints `memory=30000KB`, 4.20 `memory=0x30000KB`."""
+    found = re.findall(r"LOADING DOMU cpus=(\d+) memory=(?:0x)?([0-9a-fA-F]+)KB", output)
+    return [(int(cpus), int(memory, 16)) for cpus, memory in found]
 
 
 def strip_ansi(text: str) -> str:

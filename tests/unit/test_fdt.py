@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import struct
@@ -717,3 +718,55 @@ def test_find_regions_follows_libfdt() -> None:
     assert taken.endswith(struct.pack(">I", fdt.FDT_END))
     with_strings = fdt.find_regions(layout, ["/"], [], add_string_table=True)
     assert with_strings[-1][0] + with_strings[-1][1] == len(blob)
+
+
+# --- scan: one streamed pass, large values passed over -----------------------------------------
+
+
+def chunked(blob: bytes, size: int) -> list[bytes]:
+    return [blob[index : index + size] for index in range(0, len(blob), size)]
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 4096])
+def test_scan_reads_what_parse_reads(chunk: int) -> None:
+    for tree in (dom0less(), odd_values(), fdt.parse(qemu_dtb())):
+        blob = tree.build()
+        outline = fdt.scan(chunked(blob, chunk))
+        assert outline.tree == fdt.parse(blob)
+        assert outline.large == {} and outline.totalsize == len(blob)
+
+
+def test_scan_passes_over_large_values_and_hashes_them() -> None:
+    tree = dom0less()
+    data = os.urandom(100_001)
+    tree.ensure("/images/xen").set("data", data)
+    tree.ensure("/images/xen").set("type", fdt.string("kernel"))
+    blob = tree.build()
+    outline = fdt.scan(chunked(blob, 4096), inline_limit=1000)
+    large = outline.large[("/images/xen", "data")]
+    assert blob[large.offset : large.offset + large.length] == data
+    assert large.sha256 == hashlib.sha256(data).hexdigest()
+    node = outline.tree.node("/images/xen")
+    assert node is not None and node.properties["data"] == b""
+    assert fdt.as_string(node.properties["type"]) == "kernel"
+    unhashed = fdt.scan([blob], inline_limit=1000, digests=False)
+    assert unhashed.large[("/images/xen", "data")].sha256 is None
+
+
+def test_scan_refuses_a_cut_blob() -> None:
+    blob = dom0less().build()
+    with pytest.raises(FormatError, match="truncated device tree"):
+        fdt.scan([blob[: len(blob) // 2]])
+    with pytest.raises(FormatError, match="no 0xd00dfeed magic"):
+        fdt.scan([b"\0" * 64])
+
+
+def test_padded_keeps_the_tree_and_grows_totalsize() -> None:
+    blob = dom0less().build()
+    padded = fdt.padded(blob, len(blob) + 1000)
+    assert len(padded) == len(blob) + 1000
+    assert header(padded)["totalsize"] == len(padded)
+    assert fdt.parse(padded) == fdt.parse(blob)
+    assert decompile(padded) == decompile(blob)
+    with pytest.raises(FormatError, match="does not fit"):
+        fdt.padded(blob, len(blob) - 1)

@@ -226,3 +226,23 @@ def test_refusals_of_names_and_references(tmp_path: Path, key: rsa.RSAPrivateKey
         fit.size(description, fit.FitSigner(small, "dev", __version__))
     with pytest.raises(FormatError, match="needs a configuration"):
         fit.size(replace(description, configurations=()), fit.FitSigner(key, "dev", __version__))
+
+
+def test_fit_payload_streams_the_same_bytes(tmp_path: Path, key: rsa.RSAPrivateKey) -> None:
+    """What a disk image or a TFTP tree copies in: the bytes write writes, digests alike."""
+    sample = fits.sample(tmp_path)
+    for signer in (None, fit.FitSigner(key, "dev", __version__)):
+        expected = io.BytesIO()
+        written = fit.write(sample.fit, expected, signer)
+        payload = fit.FitPayload(sample.fit, signer)
+        assert payload.exact_size == written.size
+        assert b"".join(payload.chunks()) == expected.getvalue()
+        assert payload.result is not None and payload.result.sha256 == written.sha256
+
+
+def test_fit_payload_refuses_a_payload_that_changed(tmp_path: Path) -> None:
+    sample = fits.sample(tmp_path)
+    payload = fit.FitPayload(sample.fit)
+    sample.files["initrd"].write_bytes(b"shorter")
+    with pytest.raises(HlimageError, match="changed size while the FIT was written"):
+        b"".join(payload.chunks())

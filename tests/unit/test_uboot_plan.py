@@ -237,3 +237,89 @@ def test_summary(tmp_path: Path) -> None:
                   "reserved (host tree)", "kept for U-Boot"):  # fmt: skip
         assert label in text
     assert ["0x0040400000-0x00406fffff", "3.0", "MiB", "xen"] in [line.split() for line in lines]
+
+
+def test_the_description_sets_scriptaddr_and_reserve(tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from hlimage.model import UBoot
+
+    described = system(tmp_path)
+    moved = replace(described, uboot=UBoot(scriptaddr=0x48000000, reserve=1 << 30))
+    memory_plan = uboot.plan(moved, boot_modules.all_modules(moved), script_size=100)
+    assert memory_plan.script.address == 0x48000000
+    assert memory_plan.xen.address == 0x48200000
+    assert memory_plan.limit == RAM + (2 << 30) - (1 << 30)
+    too_much = replace(described, uboot=UBoot(reserve=2 << 30))
+    with pytest.raises(HlimageError, match=r"\[uboot\] reserve: 2048 MiB is all the RAM"):
+        uboot.plan(too_much, boot_modules.all_modules(too_much), script_size=100)
+
+
+def test_the_load_window_bounds_the_plan(tmp_path: Path) -> None:
+    """[uboot] memory_start and memory_end: ImageBuilder's MEMORY_START and MEMORY_END."""
+    from dataclasses import replace
+
+    from hlimage.model import UBoot
+
+    described = system(tmp_path)
+    modules = boot_modules.all_modules(described)
+    window = replace(described, uboot=UBoot(memory_start=0x50000000, memory_end=0x60000000))
+    memory_plan = uboot.plan(window, modules, script_size=100)
+    assert memory_plan.xen.address == 0x50000000 and memory_plan.limit == 0x60000000
+    assert memory_plan.end <= 0x60000000
+    assert uboot.summary(memory_plan)[-1].endswith("above [uboot] memory_end")
+    narrow = replace(described, uboot=UBoot(memory_end=0x41000000))
+    with pytest.raises(HlimageError, match=r'\[uboot\] memory_end: .* give memory_end = "0x4'):
+        uboot.plan(narrow, modules, script_size=100)
+    outside = replace(described, uboot=UBoot(memory_start=0x10000000))
+    with pytest.raises(HlimageError, match="memory_start: 0x10000000 is outside the RAM"):
+        uboot.plan(outside, modules, script_size=100)
+
+
+def test_reserved_memory_where_the_script_goes_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(HlimageError, match=r"reserves 0x40000000-0x40ffffff, where U-Boot reads"):
+        planned(tmp_path, reserved=(RAM, 16 * MIB))
+
+
+def test_static_memory_is_stepped_over(tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from hlimage.model import MemoryRange
+
+    described = system(tmp_path)
+    guest = replace(
+        described.domains[1], memory=32 * MIB, static_mem=(MemoryRange(0x41000000, 32 * MIB),)
+    )
+    with_static = replace(described, domains=(described.domains[0], guest))
+    memory_plan = uboot.plan(with_static, boot_modules.all_modules(with_static), script_size=1)
+    for slot in memory_plan.slots:
+        assert slot.end <= 0x41000000 or slot.address >= 0x43000000, slot
+
+
+def test_x86_is_refused(tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from hlimage.model import Arch
+
+    described = replace(system(tmp_path), arch=Arch.X86_64)
+    with pytest.raises(HlimageError, match="arm64 only"):
+        uboot.plan(described, [], script_size=1)
+
+
+def test_directory_script_reads_back(tmp_path: Path) -> None:
+    described, memory_plan = planned(tmp_path)
+    names = [module.name for module in (slot.module for slot in memory_plan.modules) if module]
+    text = uboot.directory_script(described, memory_plan, "xen", "xen.dtb", names)
+    parsed = uboot.parse_script(text)
+    assert parsed.scriptaddr == uboot.SCRIPTADDR and parsed.reserve == uboot.UBOOT_RESERVE
+    assert parsed.xen == memory_plan.xen.address and parsed.dtb == memory_plan.dtb.address
+    # The kernel dom0 and the guest share is read once, then copied to the guest's slot.
+    kernels = [s for s in memory_plan.modules if s.module and s.module.role is Role.KERNEL]
+    assert [(c[0], c[1]) for c in parsed.copies] == [(kernels[0].address, kernels[1].address)]
+    assert [load.file for load in parsed.loads] == ["xen", "xen.dtb", *dict.fromkeys(names)]
+    assert parsed.tftp_loads == parsed.loads
+    assert text.count("|| setenv hlimage_failed") == 2 * len(parsed.loads)
+    assert all(line.startswith("#   ") for line in text.splitlines() if "kept for U-Boot" in line)
+    with pytest.raises(HlimageError, match="U-Boot's shell cannot take"):
+        uboot.directory_script(described, memory_plan, "xen", "x;reset", names)
+    assert uboot.fit_script(described, memory_plan).endswith("\nbootm ${scriptaddr}\n")
