@@ -522,9 +522,9 @@ class _Writer:
         label = policy.domain_label(domain)
         panic = '(Xen panics "non-direct mapped hardware domain requires iommu")'
         fix = (
-            "give Xen an IOMMU it drives (a host tree with one, e.g. QEMU's -machine "
-            "virt,iommu=smmuv3 for a Xen built with CONFIG_ARM_SMMU_V3), or make the domain "
-            "direct-mapped (static_mem and direct_map = true), or boot a classic dom0"
+            "give Xen an IOMMU it drives (with stage-2 translation: QEMU 7.2's -machine "
+            "virt,iommu=smmuv3 has stage 1 only, and Xen's SMMUv3 driver turns it down), or make "
+            "the domain direct-mapped (static_mem and direct_map = true), or boot a classic dom0"
         )
         options = policy.cmdline_options(self.system.xen.cmdline)
         if "iommu" in options and options["iommu"] in policy.XEN_FALSE:

@@ -344,7 +344,7 @@ def test_refused_for_a_xen_that_cannot_read_it(
     ("extra", "xen_extra", "symbol", "said"),
     [
         ('static_mem = [["0x48000000", "32M"]]\n', "", "CONFIG_STATIC_MEMORY",
-         'Could not set up domain g'),
+         "Xen cannot allocate it"),
         ('static_mem = [["0x48000000", "32M"]]\ndirect_map = true\n', "",
          "CONFIG_STATIC_MEMORY", '"direct-map is not valid for domain g without static '
          'allocation."'),
