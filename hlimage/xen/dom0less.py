@@ -356,6 +356,20 @@ class _Writer:
                     f"[xen] static_heap[{index}]: 0x{bank.address:x} ({bank.size:#x} bytes) is "
                     "not 64 KiB aligned; Xen needs the static heap aligned to 64 KiB"
                 )
+        # With a static heap, Xen's heap is that memory only: every domain without static
+        # memory is allocated from it (VERIFIED-RUN, 4.22: a 64 MiB heap and a 512 MiB dom0
+        # panic "Failed to allocate requested dom0 memory").
+        wanted = sum(
+            d.memory for d in self.system.domains if not d.static_mem and d.memory is not None
+        )
+        heap_size = sum(bank.size for bank in heap)
+        if wanted > heap_size:
+            raise self.fail(
+                f"[xen] static_heap: {heap_size >> 20} MiB, but the domains without static_mem "
+                f"need {wanted >> 20} MiB of it, and Xen allocates them from the static heap "
+                'alone (it panics "Failed to allocate requested dom0 memory", or fails to build '
+                "the domU); give the heap more memory than the domains together"
+            )
         # Read with the root's cells (process_chosen_node gets /chosen's parent's).
         value = self._encode(
             host.root_cells(self.tree),
