@@ -2,8 +2,8 @@
 `--loader uboot` or `fit` the TFTP root U-Boot's network boot reads boot.scr.uimg from.
 
 The boot file is a unified xen.efi where the binding and the Xen can boot that way over the
-network (xen/efi.py: Xen 4.22 and newer), else a one-file GRUB image with everything in its
-memdisk.
+network (xen/efi.py: Xen 4.22 and newer, and 4.21.2), else a one-file GRUB image with
+everything in its memdisk.
 """
 
 from __future__ import annotations

@@ -356,6 +356,20 @@ class _Writer:
                     f"[xen] static_heap[{index}]: 0x{bank.address:x} ({bank.size:#x} bytes) is "
                     "not 64 KiB aligned; Xen needs the static heap aligned to 64 KiB"
                 )
+        # With a static heap, Xen's heap is that memory only: every domain without static
+        # memory is allocated from it (VERIFIED-RUN, 4.22: a 64 MiB heap and a 512 MiB dom0
+        # panic "Failed to allocate requested dom0 memory").
+        wanted = sum(
+            d.memory for d in self.system.domains if not d.static_mem and d.memory is not None
+        )
+        heap_size = sum(bank.size for bank in heap)
+        if wanted > heap_size:
+            raise self.fail(
+                f"[xen] static_heap: {heap_size >> 20} MiB, but the domains without static_mem "
+                f"need {wanted >> 20} MiB of it, and Xen allocates them from the static heap "
+                'alone (it panics "Failed to allocate requested dom0 memory", or fails to build '
+                "the domU); give the heap more memory than the domains together"
+            )
         # Read with the root's cells (process_chosen_node gets /chosen's parent's).
         value = self._encode(
             host.root_cells(self.tree),
@@ -522,9 +536,9 @@ class _Writer:
         label = policy.domain_label(domain)
         panic = '(Xen panics "non-direct mapped hardware domain requires iommu")'
         fix = (
-            "give Xen an IOMMU it drives (a host tree with one, e.g. QEMU's -machine "
-            "virt,iommu=smmuv3 for a Xen built with CONFIG_ARM_SMMU_V3), or make the domain "
-            "direct-mapped (static_mem and direct_map = true), or boot a classic dom0"
+            "give Xen an IOMMU it drives (with stage-2 translation: QEMU 7.2's -machine "
+            "virt,iommu=smmuv3 has stage 1 only, and Xen's SMMUv3 driver turns it down), or make "
+            "the domain direct-mapped (static_mem and direct_map = true), or boot a classic dom0"
         )
         options = policy.cmdline_options(self.system.xen.cmdline)
         if "iommu" in options and options["iommu"] in policy.XEN_FALSE:

@@ -125,7 +125,10 @@ class _ScanResult:
 
     @property
     def version(self) -> tuple[int, int] | None:
-        return self.compatible_version or self.string_version
+        # A build from Xen's own tree has no distribution version string; its Kconfig header
+        # names the release.
+        config = self.build_config.release if self.build_config is not None else None
+        return self.compatible_version or self.string_version or (config[:2] if config else None)
 
 
 class _ConfigFinder:
@@ -192,7 +195,7 @@ def _scan(chunks: Iterable[bytes]) -> _ScanResult:
         if scanned > SCAN_LIMIT:
             break
     result.has_hyperlaunch = all(hyperlaunch.values())
-    if config.found is not None:
+    if config.found is not None:  # before `version` is read: it may come from the header
         result.build_config = parse_build_config(config.found, "embedded in the image")
     return result
 
@@ -262,13 +265,13 @@ def probe_efi(path: Path, *, key: str = "[xen] efi") -> XenEfi:
             f"{key}: this PE image is not Xen (no Xen version banner in it); give Xen's xen.efi",
             where=path,
         )
+    if scan.build_config is None:
+        scan.build_config = _beside(path)
     version = scan.version
     if arch == "x86_64":
         major, minor = int(image.optional.MajorImageVersion), int(image.optional.MinorImageVersion)
         if major:
             version = (major, minor)
-    if scan.build_config is None:
-        scan.build_config = _beside(path)
     return XenEfi(
         path=path,
         arch=arch,

@@ -149,7 +149,7 @@ def everything(tmp_path: Path) -> Path:
         'size = "16M", role = "owner" }]\n'
         'event_channels = [{ port = 10, peer = "guest1", peer_port = 20 }]\n',
         guests=(("guest1", "128M", 2, ALL_KEYS_GUEST1), ("guest2", "64M", 1, ALL_KEYS_GUEST2)),
-        xen_extra='static_heap = [["0x70000000", "64M"]]\n\n'
+        xen_extra='static_heap = [["0x80000000", "768M"]]\n\n'
         '[[cpupool]]\nname = "pool1"\ncpus = ["cpu@1"]\nscheduler = "null"\n',
     )
 
@@ -200,7 +200,7 @@ def test_every_key_is_written_as_xen_reads_it(cache: Path, tmp_path: Path) -> No
     ]
     chosen = libfdt_props(blob, "/chosen")
     # Root cells (2, 2 on QEMU virt) for the static heap; 64 KiB aligned.
-    assert chosen["xen,static-heap"] == fdt.cells(0, 0x70000000, 0, 64 << 20)
+    assert chosen["xen,static-heap"] == fdt.cells(0, 0x80000000, 0, 768 << 20)
     assert chosen["#address-cells"] == fdt.u32(2) and chosen["#size-cells"] == fdt.u32(2)
 
     pool = libfdt_props(blob, "/chosen/pool1")
@@ -279,7 +279,11 @@ def test_esp_and_uboot_trees_carry_the_same_nodes(cache: Path, tmp_path: Path) -
     ).get("xen,static-mem")  # type: ignore[union-attr]
     # Nothing U-Boot loads lands in memory the description gives away.
     for slot in memory_plan.slots:
-        for start, size in ((0x48000000, 64 << 20), (0x60000000, 16 << 20), (0x70000000, 64 << 20)):
+        for start, size in (
+            (0x48000000, 64 << 20),
+            (0x60000000, 16 << 20),
+            (0x80000000, 768 << 20),
+        ):
             assert slot.end <= start or start + size <= slot.address, slot
 
 
@@ -344,7 +348,7 @@ def test_refused_for_a_xen_that_cannot_read_it(
     ("extra", "xen_extra", "symbol", "said"),
     [
         ('static_mem = [["0x48000000", "32M"]]\n', "", "CONFIG_STATIC_MEMORY",
-         'Could not set up domain g'),
+         "Xen cannot allocate it"),
         ('static_mem = [["0x48000000", "32M"]]\ndirect_map = true\n', "",
          "CONFIG_STATIC_MEMORY", '"direct-map is not valid for domain g without static '
          'allocation."'),

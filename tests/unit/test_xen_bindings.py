@@ -242,3 +242,16 @@ def test_dom0less_domus_are_refused_by_unified_and_grub() -> None:
     assert "a unified image carries one domain" in refusal(
         lambda: chosen.unified_sections(described)
     )
+
+
+@pytest.mark.parametrize(
+    ("version", "expected"),
+    [((4, 22), True), ((4, 22, 0), True), ((4, 21, 2), True), ((4, 21, 3), True),
+     ((4, 21, 1), False), ((4, 21), False), ((4, 20, 9), False), (None, False)],
+)  # fmt: skip
+def test_network_fix_counts_its_backport(version: tuple[int, ...] | None, expected: bool) -> None:
+    """The unified image over PXE: 4.22, and 4.21.2 which took the fix; a 4.21 whose patch
+    release is unknown is not trusted with it."""
+    assert policy.reads(version, "unified over the network") is expected
+    assert efi.loads_unified_over_network(Arch.X86_64, version) is expected
+    assert efi.loads_unified_over_network(Arch.ARM64, version) is False
