@@ -146,8 +146,9 @@ def memory_map(
     )
     script_slot = uboot.Slot("boot script / FIT", scriptaddr, script_size)
     missing = uboot.Slot("(missing)", scriptaddr, 0)
+    label = f"above {uboot.END_KEY}" if parsed.window_end else uboot.KEPT_LABEL
     plan = uboot.MemoryPlan(
-        bank, limit, script_slot, xen or missing, dtb or missing, tuple(modules), reserved
+        bank, limit, script_slot, xen or missing, dtb or missing, tuple(modules), reserved, label
     )
     slots = [slot for slot in plan.slots if slot.size]
     for first, second in itertools.combinations(slots, 2):

@@ -493,8 +493,10 @@ class ScriptLoad:
 def _header(system: System, memory_plan: MemoryPlan, how: Sequence[str]) -> list[str]:
     reserve = memory_plan.bank[0] + memory_plan.bank[1] - memory_plan.limit
     lines = [f"# Boots Xen ({system.name}), written by hlimage.", *how]
+    window = "" if memory_plan.limit_label == KEPT_LABEL else " window=memory_end"
     lines.append(
         f"{PARAMETERS_TAG} scriptaddr=0x{memory_plan.script.address:x} reserve=0x{reserve:x}"
+        f"{window}"
     )
     lines.append("# Memory map:")
     lines += [f"#   {line}" for line in summary(memory_plan)]
@@ -581,7 +583,9 @@ def fit_script(system: System, memory_plan: MemoryPlan) -> str:
 
 
 _PARAMETERS = re.compile(
-    rf"^{re.escape(PARAMETERS_TAG)} scriptaddr=(0x[0-9a-f]+) reserve=(0x[0-9a-f]+)$", re.M
+    rf"^{re.escape(PARAMETERS_TAG)} scriptaddr=(0x[0-9a-f]+) reserve=(0x[0-9a-f]+)"
+    r"( window=memory_end)?$",
+    re.M,
 )
 _LOAD = re.compile(
     r"^\s*load \$\{devtype\} \$\{devnum\}:\$\{distro_bootpart\} (0x[0-9a-f]+) \$\{prefix\}(\S+)",
@@ -598,6 +602,9 @@ class ParsedScript:
 
     scriptaddr: int | None
     reserve: int | None
+    """Bytes from the end of the load window to the end of the bank."""
+    window_end: bool
+    """Whether [uboot] memory_end, not U-Boot's reserve, ended the load window."""
     loads: tuple[ScriptLoad, ...]
     """The files the disk branch loads (the TFTP branch loads the same)."""
     tftp_loads: tuple[ScriptLoad, ...]
@@ -613,6 +620,7 @@ def parse_script(text: str) -> ParsedScript:
     return ParsedScript(
         scriptaddr=int(parameters[1], 16) if parameters else None,
         reserve=int(parameters[2], 16) if parameters else None,
+        window_end=bool(parameters and parameters[3]),
         loads=tuple(ScriptLoad(int(match[1], 16), match[2]) for match in _LOAD.finditer(text)),
         tftp_loads=tuple(ScriptLoad(int(match[1], 16), match[2]) for match in _TFTP.finditer(text)),
         copies=tuple(

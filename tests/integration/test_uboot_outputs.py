@@ -265,3 +265,36 @@ def test_the_reserve_and_scriptaddr_keys_move_the_plan(cache: Path, tmp_path: Pa
     assert any("0x0048200000-" in line and "xen" in line for line in uboot_lines)
     assert any(line.split()[:3] == ["0x0080000000-0x00bfffffff", "1.0", "GiB"]
                for line in uboot_lines)  # fmt: skip
+
+
+def test_an_imported_imagebuilder_config_builds_for_u_boot(cache: Path, tmp_path: Path) -> None:
+    """ImageBuilder's MEMORY_START/MEMORY_END arrive as [uboot] memory_start/memory_end, and
+    the command the importer prints builds a tree whose loads stay inside that window."""
+    source = tmp_path / "imagebuilder"
+    source.mkdir()
+    for name, target in (("xen.efi", payloads.xen_efi("arm64", "4.17")),
+                         ("virt.dtb", payloads.CACHE / payloads.ARM64_DTB),
+                         ("Image", payloads.CACHE / "arm64" / "Image")):  # fmt: skip
+        (source / name).symlink_to(target)
+    for name in ("dom0", "domu"):
+        payloads.make_initramfs("arm64", name, source / f"{name}.cpio.gz")
+    (source / "config").write_text(
+        "MEMORY_START=0x50000000\nMEMORY_END=0x60000000\nDEVICE_TREE=virt.dtb\nXEN=xen.efi\n"
+        'XEN_CMD="console=dtuart"\nDOM0_KERNEL=Image\nDOM0_RAMDISK=dom0.cpio.gz\nNUM_DOMUS=1\n'
+        "DOMU_KERNEL[0]=Image\nDOMU_RAMDISK[0]=domu.cpio.gz\nDOMU_MEM[0]=128\nLOAD_CMD=sd\n"
+    )
+    description = tmp_path / "out" / "hlimage.toml"
+    description.parent.mkdir()
+    imported = run_cli("import", "imagebuilder", source / "config", "-o", description)
+    assert imported.code == 0, imported.stderr
+    command = imported.stdout.split()
+    assert command[:2] == ["hlimage", "build"] and "uboot" in command
+    built = run_cli(*command[1:])
+    assert built.code == 0, built.stderr
+    tree = Path(command[command.index("-o") + 1])
+    mapped = json.loads(run_cli("inspect", "--json", tree).stdout)["boot"]["memory_map"]
+    assert mapped["problems"] == []
+    loads = [line.split()[0].split("-") for line in mapped["lines"][1:]
+             if "boot script" not in line and "above" not in line]  # fmt: skip
+    assert loads and all(int(a, 16) >= 0x50000000 and int(b, 16) < 0x60000000 for a, b in loads)
+    assert mapped["lines"][-1].endswith("above [uboot] memory_end")
