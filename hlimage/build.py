@@ -29,6 +29,8 @@ def build(
     options = dataclasses.replace(options or BuildOptions(), digests=manifest)
     chosen = registry.get(output_format)
     registry.refuse_options(chosen, options)
+    registry.refuse_loader(chosen, options)
+    chosen = registry.with_options(chosen, options)
     if output.name in ("", ".", ".."):
         # `-o .`: the directory by its own name, for the manifest beside it and the temporaries.
         output = Path(os.path.abspath(output))
@@ -39,8 +41,10 @@ def build(
         # Signing wraps the format's own build.
         from hlimage.secureboot import trust
 
-        def plain(system_: System, target: Path) -> BuildReport:
-            return chosen.build(system_, target, options)
+        def plain(system_: System, target: Path, key: SigningKey | None = None) -> BuildReport:
+            # A key is passed only to a format that signs its own files (Signing.SELF).
+            given = options if key is None else dataclasses.replace(options, signing=key)
+            return chosen.build(system_, target, given)
 
         report = trust.build_signed(system, chosen, output, signing, plain)
     if manifest:

@@ -76,6 +76,8 @@ def cli(quiet: bool) -> None:
     Environment:
       SOURCE_DATE_EPOCH     the disk image's FAT timestamps (default 1980-01-01)
       HLIMAGE_KEY_PASSWORD  the passphrase of an encrypted --key
+      HLIMAGE_SYSTEMD_BOOT  systemd-boot's EFI binary for --loader (default
+                            /usr/lib/systemd/boot/efi/systemd-boot{x64,aa64}.efi)
       _HLIMAGE_COMPLETE     shell completion: eval "$(_HLIMAGE_COMPLETE=bash_source hlimage)"
                             (zsh_source, fish_source for zsh and fish)
     """
@@ -132,6 +134,19 @@ def cli(quiet: bool) -> None:
     help="grub-standalone, pxe: GRUB's module directory (default "
     "/usr/lib/grub/x86_64-efi or arm64-efi).",
 )
+@click.option(
+    "--loader",
+    type=click.Choice(["systemd-boot", "systemd-boot-uki"]),
+    help="esp, disk: systemd-boot starts Xen, from a Type #1 entry naming the plain xen.efi "
+    "(systemd-boot) or listing the unified image in EFI/Linux/ (systemd-boot-uki); unified: "
+    "add the .osrel and .cmdline systemd-boot lists it by.",
+)
+@click.option(
+    "--shim",
+    type=click.Path(path_type=Path),
+    help="esp, disk: start Xen through this shim (shimx64.efi) for Secure Boot: shim as "
+    "BOOTX64.EFI, Xen as grubx64.efi, with the .sbat shim requires ([xen] sbat).",
+)
 def build(
     config: Path,
     output_format: str,
@@ -144,6 +159,8 @@ def build(
     no_manifest: bool,
     prefix: str | None,
     grub_lib: Path | None,
+    loader: str | None,
+    shim: Path | None,
 ) -> None:
     """Build boot media from the description CONFIG in the format FORMAT (listed below).
 
@@ -166,7 +183,12 @@ def build(
             )
     signing = _signing_key(key, cert, key_password_file)
     system = _load(config)
-    options = BuildOptions(replace=replace, size=size_bytes, prefix=prefix, grub_lib=grub_lib)
+    if shim is not None and not shim.is_file():
+        raise HlimageError(f"--shim {shim}: not a file; give shim's EFI binary (shimx64.efi)")
+    options = BuildOptions(
+        replace=replace, size=size_bytes, prefix=prefix, grub_lib=grub_lib, loader=loader,
+        shim=shim,
+    )  # fmt: skip
     report = build_module.build(
         system, output_format, output, options, signing=signing, manifest=not no_manifest
     )

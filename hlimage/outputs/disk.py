@@ -135,8 +135,23 @@ def _self_check(
         raise AssertionError(f"disk writer bug: read back {partitions} {listed}, meant {meant}")
 
 
-def build(system: System, output: Path, *, size: int | None = None) -> BuildReport:
-    files = esp.files(system)
+def build(
+    system: System,
+    output: Path,
+    *,
+    size: int | None = None,
+    options: registry.BuildOptions | None = None,
+) -> BuildReport:
+    """`options` may name a chain (--loader, --shim): outputs/chains.py lays it out."""
+    if options is not None and (options.loader or options.shim):
+        from hlimage.outputs import chains
+
+        with chains.files(system, options, output) as chain:
+            return _build_files(chain, output, size)
+    return _build_files(esp.files(system), output, size)
+
+
+def _build_files(files: list[PlannedFile], output: Path, size: int | None) -> BuildReport:
     timestamp = source_date_epoch()
     report = BuildReport("disk", output)
     with atomic_file(output) as out, _sized(files, output) as sized:
@@ -158,7 +173,7 @@ def build(system: System, output: Path, *, size: int | None = None) -> BuildRepo
 
 
 def _build(system: System, output: Path, options: registry.BuildOptions) -> BuildReport:
-    return build(system, output, size=options.size)
+    return build(system, output, size=options.size, options=options)
 
 
 registry.register(
@@ -169,7 +184,8 @@ registry.register(
         plan=esp.plan,
         build=_build,
         example="xen-disk.img",
-        options=frozenset({"size"}),
+        options=frozenset({"size", "loader", "shim"}),
+        loaders=registry.SYSTEMD_BOOT_LOADERS,
         signing=registry.Signing.LOADER,
         pe_images=registry.PeImages.DISK,
     )

@@ -8,11 +8,13 @@ nothing (`hlimage --version`) do not pay for them.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import importlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from hlimage.errors import HlimageError
 from hlimage.model import System
@@ -31,9 +33,16 @@ class BuildOptions:
     size: int | None = None
     prefix: str | None = None
     grub_lib: Path | None = None
+    loader: str | None = None
+    """What starts Xen: None (the firmware itself), or a key of LOADERS."""
+    shim: Path | None = None
+    """shim's EFI binary: the ESP starts Xen through it (a Secure Boot chain)."""
     digests: bool = True
     """Whether the build computes the digests the manifest prints (not under --no-manifest):
     not an option a user gives, so not in OPTIONS."""
+    signing: Any = None
+    """The --key a Signing.SELF build signs its boot files with (secureboot.trust.SigningKey);
+    set by the build, not an option of its own."""
 
     def given(self) -> list[str]:
         return [name for name, option in OPTIONS.items() if getattr(self, name) != option.unset]
@@ -52,7 +61,31 @@ OPTIONS = {
     "size": Option("--size", "has a size"),
     "prefix": Option("--prefix", "has a path prefix"),
     "grub_lib": Option("--grub-lib", "makes a GRUB image"),
+    "loader": Option("--loader", "chooses what starts Xen"),
+    "shim": Option("--shim", "lays out a shim chain"),
 }
+
+
+@dataclass(frozen=True)
+class Loader:
+    """What `--loader NAME` makes start Xen, instead of the firmware."""
+
+    name: str
+    what: str
+
+
+LOADERS = {
+    "systemd-boot": Loader(
+        "systemd-boot",
+        "systemd-boot, from a Type #1 entry (loader/entries/NAME.conf) naming the plain "
+        "EFI/NAME/xen.efi; --format unified: the image systemd-boot lists from EFI/Linux/",
+    ),
+    "systemd-boot-uki": Loader(
+        "systemd-boot-uki",
+        "systemd-boot, listing the unified image in EFI/Linux/NAME.efi (a Type #2 entry)",
+    ),
+}
+SYSTEMD_BOOT_LOADERS = frozenset({"systemd-boot", "systemd-boot-uki"})
 
 
 class Signing(enum.Enum):
@@ -62,6 +95,9 @@ class Signing(enum.Enum):
     """The output is one PE file: built beside the target, then signed into place."""
     LOADER = "loader"
     """The output carries xen.efi as the loader firmware starts: built from a signed copy."""
+    SELF = "self"
+    """The build signs its own boot files (a chain of loaders, each signed where it is not
+    already): it is given the key in BuildOptions.signing."""
     NONE = "none"
 
 
@@ -98,6 +134,8 @@ class OutputFormat:
     unsigned_because: str = ""
     """Why --key is refused, where it is: "boots Xen through ...", after "--format NAME"."""
     pe_images: PeImages = PeImages.NONE
+    loaders: frozenset[str] = frozenset()
+    """The --loader values the format takes (with "loader" in `options`)."""
 
 
 @dataclass
@@ -124,6 +162,13 @@ def _load() -> dict[str, OutputFormat]:
     if not _registry.loaded:
         for module in MODULES:
             importlib.import_module(f"hlimage.outputs.{module}")
+
+        # In MODULES order, whichever module happened to import another first.
+        def order(output: OutputFormat) -> int:
+            module = output.build.__module__.rsplit(".", 1)[-1]
+            return MODULES.index(module) if module in MODULES else len(MODULES)
+
+        _registry.formats = {f.name: f for f in sorted(_registry.formats.values(), key=order)}
         _registry.loaded = True
     return _registry.formats
 
@@ -154,6 +199,32 @@ def refuse_options(output: OutputFormat, options: BuildOptions) -> None:
             f"{option.flag}: only --format {' or '.join(takers)} {option.does}; drop it for "
             f"{output.name}"
         )
+
+
+def refuse_loader(output: OutputFormat, options: BuildOptions) -> None:
+    """A --loader value the format does not take, and --shim beside --loader."""
+    if options.loader is not None and options.loader not in output.loaders:
+        takers = [f.name for f in formats() if options.loader in f.loaders]
+        if options.loader not in LOADERS:
+            known = ", ".join(sorted({name for f in formats() for name in f.loaders}))
+            raise HlimageError(f"--loader {options.loader}: unknown; choose one of {known}")
+        raise HlimageError(
+            f"--loader {options.loader}: only --format {' or '.join(takers)} takes it; drop it "
+            f"for {output.name}"
+        )
+    if options.loader is not None and options.shim is not None:
+        raise HlimageError(
+            f"--shim: starts Xen itself, so it cannot go with --loader {options.loader}; drop "
+            "one of them"
+        )
+
+
+def with_options(output: OutputFormat, options: BuildOptions) -> OutputFormat:
+    """The format's record as these options make it: a boot chain signs its own files."""
+    chain = options.shim is not None or options.loader in SYSTEMD_BOOT_LOADERS
+    if chain and output.signing is Signing.LOADER:
+        return dataclasses.replace(output, signing=Signing.SELF)
+    return output
 
 
 def signable() -> list[str]:

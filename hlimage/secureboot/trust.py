@@ -168,7 +168,7 @@ def build_signed(
     output_format: OutputFormat,
     output: Path,
     signing: SigningKey,
-    build: Callable[[System, Path], BuildReport],
+    build: Callable[..., BuildReport],
 ) -> BuildReport:
     """Run `build` (one format's plain build) so that its boot loader comes out signed, as the
     format's registry record says.
@@ -176,6 +176,8 @@ def build_signed(
     Signing.OUTPUT (unified): built beside the output, then signed into place, as sections
     added after signing would break the signature. Signing.LOADER (esp, disk): their
     EFI/BOOT/BOOT*.EFI is a copy of xen.efi, so the build is given a signed xen.efi instead.
+    Signing.SELF (a boot chain: shim or systemd-boot before Xen): the build changes the files
+    it signs, so it is given the key, as `build(system, output, key)`.
     """
     name = output_format.name
     signable = " or ".join(", ".join(registry.signable()).rsplit(", ", 1))
@@ -189,6 +191,9 @@ def build_signed(
             f"--key: hlimage does not sign --format {name} outputs; sign with --format "
             f"{signable}, or sign its boot file afterwards with hlimage sign"
         )
+    if output_format.signing is registry.Signing.SELF:
+        report: BuildReport = build(system, output, signing)
+        return report
     if output_format.signing is registry.Signing.OUTPUT:
         if output.is_dir():
             raise HlimageError(

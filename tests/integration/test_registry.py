@@ -20,6 +20,8 @@ OPTION_ARGS = {
     "size": ["--size", "64M"],
     "prefix": ["--prefix", "/boot"],
     "grub_lib": ["--grub-lib", "/usr/lib/grub/x86_64-efi"],
+    "loader": ["--loader", "systemd-boot"],
+    "shim": ["--shim", "/usr/lib/shim/shimx64.efi"],
 }
 
 
