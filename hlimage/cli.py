@@ -273,6 +273,40 @@ def efi_config(config: Path, embedded: bool) -> None:
     click.echo(efi_config_text(_load(config), embedded=embedded), nl=False)
 
 
+@cli.command("loader-entry")
+@click.argument("config", type=click.Path(path_type=Path))
+@click.option(
+    "--efi",
+    "efi_path",
+    required=True,
+    help="The EFI binary the entry starts, from the ESP's root: a unified image, or an "
+    "xen.efi with its cfg beside it (/EFI/Linux/xen-6.1.efi).",
+)
+@click.option("--version", "entry_version", help="The entry's version line (a kernel's).")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(path_type=Path),
+    help="Write the entry there, whole or not at all (default: stdout).",
+)
+def loader_entry(
+    config: Path, efi_path: str, entry_version: str | None, output: Path | None
+) -> None:
+    """Print a systemd-boot Type #1 entry (loader/entries/NAME.conf) that starts CONFIG's Xen,
+    with the load options Xen reads: its image name, then the xen.cfg section."""
+    from hlimage import config as config_module
+    from hlimage.outputs import chains
+    from hlimage.plumbing.atomic import atomic_file
+
+    system = config_module.load(config)
+    text = chains.type1_entry(system, efi_path, entry_version)
+    if output is None:
+        click.echo(text.decode(), nl=False)
+        return
+    with atomic_file(output) as out:
+        out.write(text)
+
+
 @cli.command()
 @click.argument("config", type=click.Path(path_type=Path))
 @click.option(

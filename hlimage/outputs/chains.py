@@ -107,10 +107,10 @@ class _Signer:
 
 def _entry_comments(system: System) -> list[str]:
     return [
-        "Written by hlimage. systemd-boot passes the options line to xen.efi as its EFI",
-        "load options. Xen takes the first word as its own name and the next as the xen.cfg",
-        f'section to boot ("{chainload.load_options(system)}"); options for Xen itself go',
-        'after a "--" word. Options written as for Linux would be misread.',
+        "Written by hlimage. systemd-boot passes the options line to Xen as its EFI load",
+        "options: Xen takes the first word as its own name and the next as the xen.cfg",
+        f'section to boot ("{chainload.load_options(system)}"). Options for Xen itself go after',
+        'a "--" word; options written as for Linux would be misread.',
     ]
 
 
@@ -135,24 +135,32 @@ def _type1_files(system: System, sign: _Signer, scratch: Path) -> list[PlannedFi
         files[0].name, Region(sign(_prepared_xen(system, scratch), "Xen")), Role.XEN
     )
     entry_name = f"{system.name}.conf"
-    fields = [("title", title(system))]
-    if xen.version is not None:
-        fields.append(("version", xen.version_text))
-    fields += [
-        ("architecture", EFI_ARCH[system.arch]),
-        ("efi", bls.efi_path(f"{directory}/{xen_name}")),
-        ("options", chainload.load_options(system)),
-    ]
-    try:
-        entry = bls.key_value_file(fields, _entry_comments(system))
-    except FormatError as error:
-        raise HlimageError(f"[image] title: {error}", where=system.source) from None
+    entry = type1_entry(
+        system, f"{directory}/{xen_name}", xen.version_text if xen.version else None
+    )
     return [
         _boot_file(system, sign(loader, "systemd-boot")),
         _loader_conf(entry_name, signed=sign.key is not None),
         PlannedFile(f"{ENTRIES_DIR}/{entry_name}", BytesPayload(entry, entry_name), Role.ENTRY),
         *files,
     ]
+
+
+def type1_entry(system: System, efi: str, version: str | None = None) -> bytes:
+    """A Type #1 entry whose `efi` line names `efi` (from the ESP's root): xen.efi with its
+    cfg beside it, or a unified image."""
+    fields = [("title", title(system))]
+    if version is not None:
+        fields.append(("version", version))
+    try:
+        fields += [
+            ("architecture", EFI_ARCH[system.arch]),
+            ("efi", bls.efi_path(efi)),
+            ("options", chainload.load_options(system)),
+        ]
+        return bls.key_value_file(fields, _entry_comments(system))
+    except FormatError as error:
+        raise HlimageError(f"{error}; change it", where=system.source) from None
 
 
 def _boot_file(system: System, path: Path) -> PlannedFile:
