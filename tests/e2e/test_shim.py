@@ -4,7 +4,7 @@ The chain proved: Debian's shimx64.efi (shim-unsigned 16.1, Debian's CA built in
 vendor certificate) signed with the snakeoil key, which the firmware's db holds; shim checks
 Xen (as grubx64.efi, with its .sbat) against that same db, and Xen asks shim to check dom0's
 kernel, signed with the same key. Nothing but the firmware's own db is trusted, so no MOK list
-and no Microsoft key is involved (docs/secure-boot.md says why). A Xen changed after signing is
+and no Microsoft key is involved (docs/boot-chains.md §3 says why). A Xen changed after signing is
 refused by shim itself: the firmware never loads Xen, shim does, and says so."""
 
 from __future__ import annotations

@@ -34,7 +34,7 @@ class Outcome:
 
 def available() -> None:
     """Skip (fail under CI=true) where no clean root can be made."""
-    require(os.geteuid() == 0 or shutil.which("sudo") is not None, "fresh-root needs root")
+    require(os.geteuid() == 0, "fresh-root needs root (debootstrap, mount, chroot)")
     require(shutil.which("chroot") is not None, "chroot missing (coreutils)")
 
 
