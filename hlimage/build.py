@@ -30,6 +30,7 @@ def build(
     options = dataclasses.replace(options or BuildOptions(), digests=manifest)
     chosen = registry.get(output_format)
     registry.refuse_options(chosen, options)
+    registry.refuse_loader(chosen, options)
     chosen = registry.with_options(chosen, options)
     registry.refuse_arch(chosen, system)
     if output.name in ("", ".", ".."):

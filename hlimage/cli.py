@@ -76,6 +76,8 @@ def cli(quiet: bool) -> None:
     Environment:
       SOURCE_DATE_EPOCH     the disk image's FAT timestamps (default 1980-01-01)
       HLIMAGE_KEY_PASSWORD  the passphrase of an encrypted --key
+      HLIMAGE_SYSTEMD_BOOT  systemd-boot's EFI binary for --loader (default
+                            /usr/lib/systemd/boot/efi/systemd-boot{x64,aa64}.efi)
       _HLIMAGE_COMPLETE     shell completion: eval "$(_HLIMAGE_COMPLETE=bash_source hlimage)"
                             (zsh_source, fish_source for zsh and fish)
     """
@@ -135,9 +137,18 @@ def cli(quiet: bool) -> None:
 )
 @click.option(
     "--loader",
-    type=click.Choice(["uefi", "uboot", "fit"]),
-    help="disk, pxe: what boots it: UEFI firmware (default), or U-Boot through a boot script "
-    "and the files (uboot) or one FIT image (fit).",
+    type=click.Choice(["uefi", "uboot", "fit", "systemd-boot", "systemd-boot-uki"]),
+    help="What starts Xen. disk, pxe: UEFI firmware (uefi, the default), or U-Boot through a "
+    "boot script and the files (uboot) or one FIT image (fit). esp, disk: systemd-boot, from a "
+    "Type #1 entry naming the plain xen.efi (systemd-boot) or listing the unified image in "
+    "EFI/Linux/ (systemd-boot-uki); unified: add the .osrel and .cmdline systemd-boot lists it "
+    "by.",
+)
+@click.option(
+    "--shim",
+    type=click.Path(path_type=Path),
+    help="esp, disk: start Xen through this shim (shimx64.efi) for Secure Boot: shim as "
+    "BOOTX64.EFI, Xen as grubx64.efi, with the .sbat shim requires ([xen] sbat).",
 )
 def build(
     config: Path,
@@ -152,6 +163,7 @@ def build(
     prefix: str | None,
     grub_lib: Path | None,
     loader: str | None,
+    shim: Path | None,
 ) -> None:
     """Build boot media from the description CONFIG in the format FORMAT (listed below).
 
@@ -174,9 +186,12 @@ def build(
             )
     signing = _signing_key(key, cert, key_password_file)
     system = _load(config)
+    if shim is not None and not shim.is_file():
+        raise HlimageError(f"--shim {shim}: not a file; give shim's EFI binary (shimx64.efi)")
     options = BuildOptions(
-        replace=replace, size=size_bytes, prefix=prefix, grub_lib=grub_lib, loader=loader
-    )
+        replace=replace, size=size_bytes, prefix=prefix, grub_lib=grub_lib, loader=loader,
+        shim=shim,
+    )  # fmt: skip
     report = build_module.build(
         system, output_format, output, options, signing=signing, manifest=not no_manifest
     )
@@ -259,6 +274,40 @@ def efi_config(config: Path, embedded: bool) -> None:
     from hlimage.build import efi_config_text
 
     click.echo(efi_config_text(_load(config), embedded=embedded), nl=False)
+
+
+@cli.command("loader-entry")
+@click.argument("config", type=click.Path(path_type=Path))
+@click.option(
+    "--efi",
+    "efi_path",
+    required=True,
+    help="The EFI binary the entry starts, from the ESP's root: a unified image, or an "
+    "xen.efi with its cfg beside it (/EFI/Linux/xen-6.1.efi).",
+)
+@click.option("--version", "entry_version", help="The entry's version line (a kernel's).")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(path_type=Path),
+    help="Write the entry there, whole or not at all (default: stdout).",
+)
+def loader_entry(
+    config: Path, efi_path: str, entry_version: str | None, output: Path | None
+) -> None:
+    """Print a systemd-boot Type #1 entry (loader/entries/NAME.conf) that starts CONFIG's Xen,
+    with the load options Xen reads: its image name, then the xen.cfg section."""
+    from hlimage import config as config_module
+    from hlimage.outputs import chains
+    from hlimage.plumbing.atomic import atomic_file
+
+    system = config_module.load(config)
+    text = chains.type1_entry(system, efi_path, entry_version)
+    if output is None:
+        click.echo(text.decode(), nl=False)
+        return
+    with atomic_file(output) as out:
+        out.write(text)
 
 
 @cli.command()

@@ -31,6 +31,14 @@ class Role(enum.Enum):
     SBAT = "sbat"
     BOOT = "boot"
     """A network boot file."""
+    LOADER = "loader"
+    """A boot loader that starts Xen: systemd-boot, shim, shim's MokManager."""
+    ENTRY = "boot-entry"
+    """A boot loader's configuration: loader.conf, a Type #1 entry."""
+    OS_RELEASE = "os-release"
+    """The `.osrel` systemd-boot lists a unified image by."""
+    LOAD_OPTIONS = "load-options"
+    """The `.cmdline` systemd-boot passes a unified image as its load options."""
 
 
 @dataclass(frozen=True)

@@ -710,7 +710,10 @@ class PeWriter:
         image: PeImage,
         *,
         drop: Callable[[Section], bool] = lambda section: False,
+        characteristics: Callable[[Section], int] | None = None,
     ) -> None:
+        """`drop` says which sections to leave out; `characteristics`, if given, the flags
+        each kept section is written with (the caller's policy: which loader maps what)."""
         # The writer pads to these: a header's word must not make it write gigabytes of zeros.
         for name, value, limit in (
             ("FileAlignment", image.file_alignment, MAX_FILE_ALIGNMENT),
@@ -725,6 +728,7 @@ class PeWriter:
         self.image = image
         self.kept = tuple(s for s in image.sections if not drop(s))
         self.dropped = tuple(s.name for s in image.sections if drop(s))
+        self.characteristics = characteristics
 
     def layout_end(self) -> int:
         """The first RVA after every kept section (and the headers)."""
@@ -773,6 +777,8 @@ class PeWriter:
         for section in self.kept:
             header = c.Container(section.header)
             header.Name = _short_name(section)
+            if self.characteristics is not None:
+                header.Characteristics = self.characteristics(section)
             header.PointerToRelocations = 0
             header.PointerToLinenumbers = 0
             header.NumberOfRelocations = 0

@@ -160,10 +160,12 @@ def build(
     size: int | None = None,
     loader: str | None = None,
     signing: Any = None,
+    options: registry.BuildOptions | None = None,
 ) -> BuildReport:
     """The disk image; `loader` "uboot" or "fit" fills its partition for U-Boot instead of
     UEFI: U-Boot's default boot scans partition 1 for /boot.scr.uimg and /boot.scr
-    (docs/uboot.md), and the ESP type is one it scans."""
+    (docs/uboot.md), and the ESP type is one it scans. `options` may name a UEFI chain
+    (--loader systemd-boot, --shim): outputs/chains.py lays it out."""
     report = BuildReport("disk", output)
     if loader == "fit":
         from hlimage.formats.fit import FitPayload
@@ -181,13 +183,27 @@ def build(
             *fit_output.artifacts(planned, payload.result.sha256, prefix=f"{FIT_FILE}:"),
         ]
         return report
+    # The report is made inside each `with`: a PE file's signers are read from its source,
+    # which a chain's or U-Boot tree's temporaries hold.
     if loader == "uboot":
         with uboot.planned_files(system, output) as planned_tree:
             files = planned_tree.files
-            tracked = _write_files(files, output, size)
-    else:
-        files = esp.files(system)
-        tracked = _write_files(files, output, size)
+            return _reported(report, files, _write_files(files, output, size))
+    if options is not None and (
+        options.loader in registry.SYSTEMD_BOOT_LOADERS or options.shim is not None
+    ):
+        from hlimage.outputs import chains
+
+        with chains.files(system, options, output) as chain:
+            files = list(chain)
+            return _reported(report, files, _write_files(files, output, size))
+    files = esp.files(system)
+    return _reported(report, files, _write_files(files, output, size))
+
+
+def _reported(
+    report: BuildReport, files: Sequence[PlannedFile], tracked: Sequence[Tracked]
+) -> BuildReport:
     for item, copied in zip(files, tracked, strict=True):
         assert copied.size is not None
         report.artifacts.append(esp.artifact(item, copied.size, copied.sha256))
@@ -201,12 +217,13 @@ def build(
 
 def _build(system: System, output: Path, options: registry.BuildOptions) -> BuildReport:
     return build(
-        system, output, size=options.size, loader=_loader(options), signing=options.signing
-    )
+        system, output, size=options.size, loader=_loader(options), signing=options.signing,
+        options=options,
+    )  # fmt: skip
 
 
 def _loader(options: registry.BuildOptions) -> str | None:
-    return None if options.loader in (None, "uefi") else options.loader
+    return options.loader if options.loader in ("uboot", "fit") else None
 
 
 registry.register(
@@ -218,7 +235,8 @@ registry.register(
         plan=esp.plan,
         build=_build,
         example="xen-disk.img",
-        options=frozenset({"size", "loader"}),
+        options=frozenset({"size", "loader", "shim"}),
+        loaders=registry.UBOOT_LOADERS | registry.SYSTEMD_BOOT_LOADERS,
         signing=registry.Signing.LOADER,
         pe_images=registry.PeImages.DISK,
     )

@@ -30,23 +30,31 @@ def efi_name(arch: Arch) -> str:
     return f"BOOT{arch.efi_suffix}.EFI"
 
 
-def files(system: System, xen: XenEfi | None = None) -> list[PlannedFile]:
+def files(
+    system: System,
+    xen: XenEfi | None = None,
+    *,
+    directory: str = BOOT_DIR,
+    xen_name: str | None = None,
+) -> list[PlannedFile]:
     """The files of an ESP that boots the description, Xen first; names are paths from the
-    ESP's root."""
+    ESP's root. `directory` and `xen_name` place Xen elsewhere than the firmware's
+    EFI/BOOT/BOOT*.EFI, for a loader that starts it (outputs/chains.py); its cfg is named
+    after it, as Xen looks for its own name with .cfg."""
     policy.validate_domains(system)
     xen = xen or probe_system_efi(system)
     modules = efi.exact_kernel_names(system, boot_modules.all_modules(system), xen.release)
     boot = binding.of(system).efi_boot(system, modules, xen.version, DTB_NAME)
-    name = efi_name(system.arch)
+    name = xen_name or efi_name(system.arch)
     cfg_name = name.rsplit(".", 1)[0] + ".cfg"
     planned = [
-        PlannedFile(f"{BOOT_DIR}/{name}", Region(xen.path), Role.XEN),
+        PlannedFile(f"{directory}/{name}", Region(xen.path), Role.XEN),
         PlannedFile(
-            f"{BOOT_DIR}/{cfg_name}", BytesPayload(boot.config.encode(), cfg_name), Role.CONFIG
+            f"{directory}/{cfg_name}", BytesPayload(boot.config.encode(), cfg_name), Role.CONFIG
         ),
     ]
     if boot.dtb is not None:
-        planned.append(PlannedFile(f"{BOOT_DIR}/{DTB_NAME}", boot.dtb, Role.DTB))
+        planned.append(PlannedFile(f"{directory}/{DTB_NAME}", boot.dtb, Role.DTB))
     written = set()
     for module in modules:
         if module.name in written:
@@ -54,7 +62,7 @@ def files(system: System, xen: XenEfi | None = None) -> list[PlannedFile]:
         written.add(module.name)
         planned.append(
             PlannedFile(
-                f"{BOOT_DIR}/{module.name}", module.payload, module.role, module.domain,
+                f"{directory}/{module.name}", module.payload, module.role, module.domain,
                 module.cmdline,
             )
         )  # fmt: skip
@@ -114,9 +122,22 @@ def authenticode_ranges(payload: Payload) -> tuple[tuple[int, int], ...] | None:
         return None
 
 
-def build(system: System, output: Path, *, digests: bool = True) -> BuildReport:
-    planned = files(system)
+def build(
+    system: System,
+    output: Path,
+    *,
+    digests: bool = True,
+    options: registry.BuildOptions | None = None,
+) -> BuildReport:
+    """`options` may name a chain (--loader, --shim): outputs/chains.py lays it out."""
     report = BuildReport("esp", output)
+    if options is not None and (options.loader or options.shim):
+        from hlimage.outputs import chains
+
+        with chains.files(system, options, output) as chain, atomic_directory(output) as temporary:
+            write_tree(chain, temporary, report, digests=digests)
+        return report
+    planned = files(system)
     with atomic_directory(output) as temporary:
         write_tree(planned, temporary, report, digests=digests)
     return report
@@ -133,7 +154,7 @@ def plan(system: System) -> None:
 
 
 def _build(system: System, output: Path, options: registry.BuildOptions) -> BuildReport:
-    return build(system, output, digests=options.digests)
+    return build(system, output, digests=options.digests, options=options)
 
 
 registry.register(
@@ -144,6 +165,8 @@ registry.register(
         plan=plan,
         build=_build,
         example="xen-esp",
+        options=frozenset({"loader", "shim"}),
+        loaders=registry.SYSTEMD_BOOT_LOADERS | {"uefi"},
         signing=registry.Signing.LOADER,
         pe_images=registry.PeImages.TREE,
     )

@@ -183,5 +183,6 @@ registry.register(
         pe_images=registry.PeImages.TREE,
         example="xen-pxe",
         options=frozenset({"grub_lib", "loader"}),
+        loaders=registry.UBOOT_LOADERS,
     )
 )

@@ -34,13 +34,15 @@ class BuildOptions:
     prefix: str | None = None
     grub_lib: Path | None = None
     loader: str | None = None
-    """What boots the disk or PXE tree: None (as "uefi"), or a key of LOADERS."""
-    signing: Any = None
-    """The --key a Signing.SELF format signs its own output with (trust.SigningKey); set by
-    the build, not an option of its own."""
+    """What starts Xen: None (the firmware itself), or a key of LOADERS."""
+    shim: Path | None = None
+    """shim's EFI binary: the ESP starts Xen through it (a Secure Boot chain)."""
     digests: bool = True
     """Whether the build computes the digests the manifest prints (not under --no-manifest):
     not an option a user gives, so not in OPTIONS."""
+    signing: Any = None
+    """The --key a Signing.SELF build signs its boot files with (secureboot.trust.SigningKey);
+    set by the build, not an option of its own."""
 
     def given(self) -> list[str]:
         return [name for name, option in OPTIONS.items() if getattr(self, name) != option.unset]
@@ -59,7 +61,8 @@ OPTIONS = {
     "size": Option("--size", "has a size"),
     "prefix": Option("--prefix", "has a path prefix"),
     "grub_lib": Option("--grub-lib", "makes a GRUB image"),
-    "loader": Option("--loader", "chooses the boot loader"),
+    "loader": Option("--loader", "chooses what starts Xen"),
+    "shim": Option("--shim", "lays out a shim chain"),
 }
 
 
@@ -71,14 +74,16 @@ class Signing(enum.Enum):
     LOADER = "loader"
     """The output carries xen.efi as the loader firmware starts: built from a signed copy."""
     SELF = "self"
-    """The format signs its own output with the key (a FIT's configuration signature): its
-    build is given the key in BuildOptions.signing."""
+    """The build signs its own output with the key (a FIT's configuration signature, or a
+    chain of loaders each signed where it is not already): it is given the key in
+    BuildOptions.signing."""
     NONE = "none"
 
 
 @dataclass(frozen=True)
 class Loader:
-    """What `--loader NAME` makes a disk image or a PXE tree boot with, instead of UEFI."""
+    """What `--loader NAME` makes start Xen, instead of UEFI firmware starting it directly
+    (the formats that take each say so in OutputFormat.loaders)."""
 
     name: str
     what: str
@@ -95,7 +100,21 @@ LOADERS = {
         "with --loader uboot boots through a U-Boot script, which U-Boot does not verify",
     ),
     "fit": Loader("fit", "U-Boot, from one FIT image (the fit format) as the script", Signing.SELF),
+    # A systemd-boot chain signs its own files (with_options): Signing.LOADER here.
+    "systemd-boot": Loader(
+        "systemd-boot",
+        "systemd-boot, from a Type #1 entry (loader/entries/NAME.conf) naming the plain "
+        "EFI/NAME/xen.efi; --format unified: the image systemd-boot lists from EFI/Linux/",
+        Signing.LOADER,
+    ),
+    "systemd-boot-uki": Loader(
+        "systemd-boot-uki",
+        "systemd-boot, listing the unified image in EFI/Linux/NAME.efi (a Type #2 entry)",
+        Signing.LOADER,
+    ),
 }
+UBOOT_LOADERS = frozenset({"uefi", "uboot", "fit"})
+SYSTEMD_BOOT_LOADERS = frozenset({"systemd-boot", "systemd-boot-uki"})
 
 
 class Writes(enum.Enum):
@@ -134,6 +153,8 @@ class OutputFormat:
     pe_images: PeImages = PeImages.NONE
     arches: frozenset[Arch] = frozenset(Arch)
     """The architectures whose descriptions it can carry."""
+    loaders: frozenset[str] = frozenset()
+    """The --loader values the format takes (with "loader" in `options`)."""
 
 
 @dataclass
@@ -160,12 +181,13 @@ def _load() -> dict[str, OutputFormat]:
     if not _registry.loaded:
         for module in MODULES:
             importlib.import_module(f"hlimage.outputs.{module}")
-        # In MODULES' order, whichever module imported another first (disk imports uboot).
-        ordered = sorted(
-            _registry.formats.values(),
-            key=lambda output: MODULES.index(output.build.__module__.rsplit(".", 1)[-1]),
-        )
-        _registry.formats = {output.name: output for output in ordered}
+
+        # In MODULES order, whichever module happened to import another first.
+        def order(output: OutputFormat) -> int:
+            module = output.build.__module__.rsplit(".", 1)[-1]
+            return MODULES.index(module) if module in MODULES else len(MODULES)
+
+        _registry.formats = {f.name: f for f in sorted(_registry.formats.values(), key=order)}
         _registry.loaded = True
     return _registry.formats
 
@@ -211,21 +233,40 @@ def refuse_arch(output: OutputFormat, system: System) -> None:
     )
 
 
-def signable() -> list[str]:
-    return [f.name for f in formats() if f.signing is not Signing.NONE]
+def refuse_loader(output: OutputFormat, options: BuildOptions) -> None:
+    """A --loader value the format does not take, and --shim beside --loader."""
+    if options.loader is not None and options.loader not in output.loaders:
+        takers = [f.name for f in formats() if options.loader in f.loaders]
+        if options.loader not in LOADERS:
+            known = ", ".join(sorted({name for f in formats() for name in f.loaders}))
+            raise HlimageError(f"--loader {options.loader}: unknown; choose one of {known}")
+        raise HlimageError(
+            f"--loader {options.loader}: only --format {' or '.join(takers)} takes it; drop it "
+            f"for {output.name}"
+        )
+    if options.loader is not None and options.shim is not None:
+        raise HlimageError(
+            f"--shim: starts Xen itself, so it cannot go with --loader {options.loader}; drop "
+            "one of them"
+        )
 
 
 def with_options(output: OutputFormat, options: BuildOptions) -> OutputFormat:
-    """The record as these options make it: `--loader` changes how --key signs."""
-    if options.loader is None or "loader" not in output.options:
+    """The format's record as these options make it: a boot chain (shim, systemd-boot) signs
+    its own files; U-Boot's loaders change how --key signs (a FIT signs itself, a script
+    cannot be signed)."""
+    chain = options.shim is not None or options.loader in SYSTEMD_BOOT_LOADERS
+    if chain and output.signing is Signing.LOADER:
+        return dataclasses.replace(output, signing=Signing.SELF)
+    if options.loader is None or options.loader not in output.loaders:
         return output
-    if options.loader not in LOADERS:
-        raise HlimageError(
-            f"--loader {options.loader}: unknown; choose one of {', '.join(LOADERS)}"
-        )
     loader = LOADERS[options.loader]
     if loader.signing is Signing.LOADER:
         return output
     return dataclasses.replace(
         output, signing=loader.signing, unsigned_because=loader.unsigned_because
     )
+
+
+def signable() -> list[str]:
+    return [f.name for f in formats() if f.signing is not Signing.NONE]

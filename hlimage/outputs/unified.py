@@ -21,14 +21,21 @@ from hlimage.plumbing import streams
 from hlimage.plumbing.atomic import atomic_file
 from hlimage.plumbing.messages import note, warn
 from hlimage.report import Artifact, BuildReport, PeDigests
-from hlimage.xen import binding, efi, policy
+from hlimage.xen import binding, chainload, efi, policy
 from hlimage.xen.probe import XenEfi, probe_system_efi
 
 
 def build(
-    system: System, output: Path, *, replace: bool = False, digests: bool = True
+    system: System,
+    output: Path,
+    *,
+    replace: bool = False,
+    digests: bool = True,
+    systemd_boot: bool = False,
 ) -> BuildReport:
-    xen, plan = sections(system)
+    """`systemd_boot`: with the `.osrel` and `.cmdline` systemd-boot lists the image by when
+    it lies in EFI/Linux/ (a Type #2 entry)."""
+    xen, plan = sections(system, systemd_boot=systemd_boot)
     return write(system, xen, output, plan, replace=replace, digests=digests)
 
 
@@ -37,11 +44,16 @@ def plan(system: System) -> None:
     sections(system)
 
 
-def sections(system: System) -> tuple[XenEfi, list[PlannedFile]]:
+def sections(system: System, *, systemd_boot: bool = False) -> tuple[XenEfi, list[PlannedFile]]:
     """The probed Xen image and the sections to add, each input checked."""
     policy.validate_domains(system)
     xen = probe_system_efi(system)
-    return xen, binding.of(system).unified_sections(system)
+    planned = binding.of(system).unified_sections(system)
+    if systemd_boot:
+        # Before .sbat, which stays last.
+        at = next((i for i, s in enumerate(planned) if s.name == ".sbat"), len(planned))
+        planned[at:at] = chainload.systemd_boot_sections(system, xen)
+    return xen, planned
 
 
 def write(
@@ -125,7 +137,10 @@ def _write_image(
                 def drop(section: pe.Section) -> bool:
                     return section.is_debug or section.name in names
 
-                writer = pe.PeWriter(source, xen.image, drop=drop)
+                writer = pe.PeWriter(
+                    source, xen.image, drop=drop,
+                    characteristics=chainload.loaded_characteristics,
+                )  # fmt: skip
                 # Known sizes only: an estimate (of an initrd still to be recompressed) could
                 # refuse an image that fits; the check after writing sees the real end.
                 known = [(s.payload.exact_size or 0, layout.module_align) for s in new]
@@ -187,7 +202,10 @@ def _self_check(path: str, result: pe.WriteResult) -> None:
 
 
 def _build(system: System, output: Path, options: registry.BuildOptions) -> BuildReport:
-    return build(system, output, replace=options.replace, digests=options.digests)
+    return build(
+        system, output, replace=options.replace, digests=options.digests,
+        systemd_boot=options.loader in registry.SYSTEMD_BOOT_LOADERS,
+    )  # fmt: skip
 
 
 registry.register(
@@ -198,7 +216,8 @@ registry.register(
         plan=plan,
         build=_build,
         example="xen-unified.efi",
-        options=frozenset({"replace"}),
+        options=frozenset({"replace", "loader"}),
+        loaders=registry.SYSTEMD_BOOT_LOADERS | {"uefi"},
         signing=registry.Signing.OUTPUT,
         pe_images=registry.PeImages.OUTPUT,
     )

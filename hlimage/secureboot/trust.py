@@ -179,6 +179,8 @@ def build_signed(
     Signing.OUTPUT (unified): built beside the output, then signed into place, as sections
     added after signing would break the signature. Signing.LOADER (esp, disk): their
     EFI/BOOT/BOOT*.EFI is a copy of xen.efi, so the build is given a signed xen.efi instead.
+    Signing.SELF (a boot chain: shim or systemd-boot before Xen): the build changes the files
+    it signs, so it is given the key, as `build(system, output, key)`.
     """
     name = output_format.name
     signable = " or ".join(", ".join(registry.signable()).rsplit(", ", 1))
@@ -193,7 +195,8 @@ def build_signed(
             f"{signable}, or sign its boot file afterwards with hlimage sign"
         )
     if output_format.signing is registry.Signing.SELF:
-        return build(system, output, signing)
+        report: BuildReport = build(system, output, signing)
+        return report
     if output_format.signing is registry.Signing.OUTPUT:
         if output.is_dir():
             raise HlimageError(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from hlimage.formats import pe
 from tests.conftest import require
 from tests.support import payloads, staging
 
@@ -86,9 +87,31 @@ memory = "2G"
     staging.direct_build(direct, "unified", tmp_path / "direct.efi")
     staging.assert_same_output(image, tmp_path / "direct.efi")
 
+    # The bls layout's Type #1 entry, beside 90-loaderentry.install's, naming the image.
+    conf = Path(env["KERNEL_INSTALL_BOOT_ROOT"]) / (
+        f"loader/entries/{env['KERNEL_INSTALL_ENTRY_TOKEN']}-{VERSION}-xen.conf"
+    )
+    lines = [line for line in conf.read_text().splitlines() if not line.startswith("#")]
+    assert lines[:3] == ["title Xen with Linux 6.12.0-test-amd64", f"version {VERSION}",
+                         "architecture x64"]  # fmt: skip
+    assert lines[3].startswith("efi /") and lines[3].endswith(f"/EFI/Linux/xen-{VERSION}.efi")
+    assert lines[4:] == ["options xen.efi xen"]
+    with image.open("rb") as stream:
+        assert pe.parse(stream).section(".osrel") is None  # listed once: by the entry
+
     plugin(env, "remove", VERSION, entry)
     assert not image.exists() and not Path(f"{image}.manifest.json").exists()
+    assert not conf.exists()
     assert (Path(env["KERNEL_INSTALL_BOOT_ROOT"]) / "EFI/Linux").is_dir()
+
+
+def test_the_uki_layout_gets_an_image_systemd_boot_lists(cache: Path, tmp_path: Path) -> None:
+    env = machine(tmp_path) | {"KERNEL_INSTALL_LAYOUT": "uki"}
+    plugin(env, "add", VERSION, tmp_path / "entry", payloads.path("x86_64/vmlinuz"))
+    boot = Path(env["KERNEL_INSTALL_BOOT_ROOT"])
+    with (boot / f"EFI/Linux/xen-{VERSION}.efi").open("rb") as stream:
+        assert pe.parse(stream).section(".osrel") is not None
+    assert not (boot / "loader").exists()
 
 
 def test_without_initrds_the_line_goes(cache: Path, tmp_path: Path) -> None:

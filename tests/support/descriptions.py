@@ -76,9 +76,10 @@ def x86_classic(
     initrd_name: str | None = None,
     memory: str = "512M",
     xen: str = "4.17",
+    xen_extra: str = "",
 ) -> Path:
     """dom0 with a marker initramfs, or with `initrd_name` (a file the caller provides), on
-    Debian's Xen of release `xen`."""
+    Debian's Xen of release `xen`; `xen_extra` is added to [xen], `extra` to the domain."""
     cache = payloads.CACHE
     initrd = directory / (initrd_name or "dom0.cpio.gz")
     if initrd_name is None and not initrd.exists():
@@ -92,7 +93,7 @@ arch = "x86_64"
 efi = "{payloads.xen_efi("x86_64", xen)}"
 multiboot = "{payloads.xen_gz(xen)}"
 cmdline = "{X86_XEN_CMDLINE}"
-
+{xen_extra}
 [[domain]]
 name = "dom0"
 kernel = "{cache / "x86_64/vmlinuz"}"
