@@ -272,12 +272,12 @@ def test_an_imported_imagebuilder_config_builds_for_u_boot(cache: Path, tmp_path
     the command the importer prints builds a tree whose loads stay inside that window."""
     source = tmp_path / "imagebuilder"
     source.mkdir()
-    for name, target in (("xen.efi", payloads.xen_efi("arm64", "4.17")),
+    for link, target in (("xen.efi", payloads.xen_efi("arm64", "4.17")),
                          ("virt.dtb", payloads.CACHE / payloads.ARM64_DTB),
                          ("Image", payloads.CACHE / "arm64" / "Image")):  # fmt: skip
-        (source / name).symlink_to(target)
-    for name in ("dom0", "domu"):
-        payloads.make_initramfs("arm64", name, source / f"{name}.cpio.gz")
+        (source / link).symlink_to(target)
+    for domain in ("dom0", "domu"):
+        payloads.make_initramfs("arm64", domain, source / f"{domain}.cpio.gz")
     (source / "config").write_text(
         "MEMORY_START=0x50000000\nMEMORY_END=0x60000000\nDEVICE_TREE=virt.dtb\nXEN=xen.efi\n"
         'XEN_CMD="console=dtuart"\nDOM0_KERNEL=Image\nDOM0_RAMDISK=dom0.cpio.gz\nNUM_DOMUS=1\n'
