@@ -163,3 +163,44 @@ def test_uefi_disk_under_uboot_bootefi(
     assert "Found EFI removable media binary efi/boot/bootaa64.efi" in text
     assert "Using configuration file 'bootaa64.cfg'" in text
     assert loaded_domus(text) == [(1, 192 * 1024), (2, 256 * 1024)]
+
+
+def test_an_imported_imagebuilder_config_boots(
+    qemu_uboot: str, cache: Path, tmp_path: Path, boot_log: Path
+) -> None:
+    """The ImageBuilder user's path, end to end and without root: their config imported, the
+    build command the importer prints run as printed, and the tree booted by U-Boot's
+    default boot from a FAT disk (QEMU's vvfat), dom0 and the domU each printing its marker
+    and its command line."""
+    from tests.support import payloads
+
+    source = tmp_path / "imagebuilder"
+    source.mkdir()
+    for link, target in (("xen.efi", payloads.xen_efi("arm64", "4.20")),
+                         ("virt.dtb", payloads.CACHE / payloads.ARM64_DTB),
+                         ("Image", payloads.CACHE / "arm64" / "Image")):  # fmt: skip
+        (source / link).symlink_to(target)
+    # The importer names domUs as ImageBuilder's /chosen nodes: domU0, domU1...
+    for domain in ("dom0", "domU0"):
+        payloads.make_initramfs("arm64", domain, source / f"{domain}.cpio.gz")
+    (source / "config").write_text(
+        "DEVICE_TREE=virt.dtb\nXEN=xen.efi\n"
+        'XEN_CMD="console=dtuart dom0_mem=512M loglvl=all guest_loglvl=all"\n'
+        'DOM0_KERNEL=Image\nDOM0_RAMDISK=dom0.cpio.gz\nDOM0_CMD="console=hvc0"\n'
+        "NUM_DOMUS=1\nDOMU_KERNEL[0]=Image\nDOMU_RAMDISK[0]=domU0.cpio.gz\nDOMU_MEM[0]=192\n"
+        'DOMU_VCPUS[0]=1\nDOMU_CMD[0]="console=ttyAMA0"\nLOAD_CMD="load virtio 0:1"\n'
+        "UBOOT_SOURCE=boot.source\nUBOOT_SCRIPT=boot.scr\n"
+    )
+    description = tmp_path / "out" / "hlimage.toml"
+    description.parent.mkdir()
+    imported = run_cli("import", "imagebuilder", source / "config", "-o", description)
+    assert imported.code == 0, imported.stderr
+    command = imported.stdout.split()
+    assert command[:2] == ["hlimage", "build"] and "uboot" in command, imported.stdout
+    built = run_cli(*command[1:])
+    assert built.code == 0, built.stderr
+    tree = Path(command[command.index("-o") + 1])
+    outcome = uboot_boot(qemu.Media(esp_dir=tree), ["dom0", "domU0"], boot_log,
+                         found="Found U-Boot script /boot.scr.uimg", over_tftp=False,
+                         cmdlines=descriptions.cmdlines(description))  # fmt: skip
+    assert loaded_domus(outcome.output) == [(1, 192 * 1024)]
