@@ -58,5 +58,9 @@ def run(script: str, inputs: dict[str, Path], results: Path, *, timeout: float =
     (results / "root.log").write_text(log)
     if completed.stdout:
         with tarfile.open(fileobj=io.BytesIO(completed.stdout), mode="r") as archive:
-            archive.extractall(results, filter="tar")
+            # Python 3.11.4 and later take a filter; bookworm's 3.11.2 (a clean root's) does not.
+            if hasattr(tarfile, "tar_filter"):
+                archive.extractall(results, filter="tar")
+            else:
+                archive.extractall(results)
     return Outcome(completed.returncode, results, log)
