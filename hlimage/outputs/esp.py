@@ -101,10 +101,16 @@ def pe_signers(payload: Payload) -> tuple[str, ...]:
     certificate table."""
     from hlimage.secureboot.signers import signers
 
+    path = _whole_file(payload)
+    return () if path is None else tuple(signers(path))
+
+
+def _whole_file(payload: Payload) -> Path | None:
+    """The file a payload copies from its start: where its PE headers can be read."""
     plain = payload.plain()
     if not isinstance(plain, Region) or plain.offset:
-        return ()
-    return tuple(signers(plain.path))
+        return None
+    return plain.path
 
 
 def authenticode_ranges(payload: Payload) -> tuple[tuple[int, int], ...] | None:
@@ -112,11 +118,11 @@ def authenticode_ranges(payload: Payload) -> tuple[tuple[int, int], ...] | None:
     payload that is not a whole PE file."""
     from hlimage.formats import authenticode  # cryptography: only for builds that digest
 
-    plain = payload.plain()
-    if not isinstance(plain, Region) or plain.offset:
+    path = _whole_file(payload)
+    if path is None:
         return None
     try:
-        with plain.path.open("rb") as stream:
+        with path.open("rb") as stream:
             return authenticode.hash_layout(pe.parse(stream)).all_ranges
     except (FormatError, OSError):
         return None

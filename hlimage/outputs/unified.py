@@ -89,7 +89,9 @@ def write(
         ]
         with xen.path.open("rb") as source:
             try:
-                written, result = _write_image(system, xen, source, output, new, digests=digests)
+                written, result = _write_image(
+                    system, xen, source, output, new, layout, names, digests=digests
+                )
             except FormatError as error:
                 raise HlimageError(f"[xen] efi: {error}", where=xen.path) from None
     report = BuildReport("unified", output)
@@ -114,11 +116,12 @@ def _write_image(
     source: BinaryIO,
     output: Path,
     new: list[pe.NewSection],
+    layout: efi.UnifiedLayout,
+    names: set[str],
     *,
     digests: bool,
 ) -> tuple[dict[str, str], pe.WriteResult]:
-    layout = efi.unified_layout(system.arch)
-    names = {section.name for section in new}
+    """`names`: the sections `new` adds, which replace any of the same name in xen.efi."""
     with atomic_file(output) as raw:
         out = streams.Watched(raw, whole=digests)
 
