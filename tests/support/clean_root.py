@@ -42,7 +42,7 @@ def run(script: str, inputs: dict[str, Path], results: Path, *, timeout: float =
     """Run tests/support/roots/SCRIPT in a clean root; `inputs` (name -> file) are /inputs."""
     available()
     buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w") as archive:
+    with tarfile.open(fileobj=buffer, mode="w", dereference=True) as archive:
         for name, path in inputs.items():
             archive.add(path.resolve(), arcname=name)
     script_path = (SCRIPTS / script).relative_to(ROOT)
