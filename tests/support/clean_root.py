@@ -36,6 +36,7 @@ def available() -> None:
     """Skip (fail under CI=true) where no clean root can be made."""
     require(os.geteuid() == 0, "fresh-root needs root (debootstrap, mount, chroot)")
     require(shutil.which("chroot") is not None, "chroot missing (coreutils)")
+    require(shutil.which("cpio") is not None, "cpio missing (fresh-root copies with it)")
 
 
 def run(script: str, inputs: dict[str, Path], results: Path, *, timeout: float = 1800) -> Outcome:
