@@ -8,6 +8,7 @@ hashed once its other bytes are final; the checksum covers the signature, so it 
 
 from __future__ import annotations
 
+import re
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +17,7 @@ from typing import BinaryIO
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
 from hlimage.errors import FormatError, HlimageError
 from hlimage.formats import align_up, authenticode, pe
@@ -96,10 +97,20 @@ def load_private_key(key_pem: bytes, password: bytes | None) -> rsa.RSAPrivateKe
     return key
 
 
+_PEM_CERTIFICATE = re.compile(
+    rb"-----BEGIN CERTIFICATE-----\r?\n.*?-----END CERTIFICATE-----", re.DOTALL
+)
+
+
 def load_certificates(cert_pem: bytes, what: str = "--cert") -> list[x509.Certificate]:
     try:
         if b"-----BEGIN" in cert_pem:
-            return x509.load_pem_x509_certificates(cert_pem)
+            # One by one rather than load_pem_x509_certificates, which cryptography has only
+            # from 39 on (Debian 12 ships 38).
+            blocks = _PEM_CERTIFICATE.findall(cert_pem)
+            if not blocks:
+                raise ValueError("no certificate")
+            return [x509.load_pem_x509_certificate(block) for block in blocks]
         return [x509.load_der_x509_certificate(cert_pem)]
     except ValueError:
         raise HlimageError(
@@ -338,10 +349,34 @@ def _issued_by(certificate: x509.Certificate, issuer: x509.Certificate) -> bool:
     if not _is_ca(issuer):
         return False
     try:
-        certificate.verify_directly_issued_by(issuer)
+        _verify_directly_issued_by(certificate, issuer)
     except (ValueError, TypeError, InvalidSignature, UnsupportedAlgorithm):
         return False
     return True
+
+
+def _verify_directly_issued_by(certificate: x509.Certificate, issuer: x509.Certificate) -> None:
+    """cryptography's verify_directly_issued_by (from 40 on), or what it does, for 38."""
+    verify = getattr(certificate, "verify_directly_issued_by", None)
+    if verify is not None:
+        verify(issuer)
+        return
+    if certificate.issuer != issuer.subject:
+        raise ValueError("the issuer's name is not the certificate's issuer")
+    algorithm = certificate.signature_hash_algorithm
+    key = issuer.public_key()
+    if isinstance(key, rsa.RSAPublicKey):
+        if algorithm is None:
+            raise UnsupportedAlgorithm("no hash algorithm")
+        key.verify(certificate.signature, certificate.tbs_certificate_bytes,
+                   padding.PKCS1v15(), algorithm)  # fmt: skip
+    elif isinstance(key, ec.EllipticCurvePublicKey):
+        if algorithm is None:
+            raise UnsupportedAlgorithm("no hash algorithm")
+        key.verify(certificate.signature, certificate.tbs_certificate_bytes,
+                   ec.ECDSA(algorithm))  # fmt: skip
+    else:
+        raise UnsupportedAlgorithm(f"issuer key {type(key).__name__}")
 
 
 def _is_ca(certificate: x509.Certificate) -> bool:

@@ -16,12 +16,11 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 
 from hlimage.errors import FormatError, HlimageError
 from hlimage.formats import authenticode, pe
@@ -34,6 +33,10 @@ from hlimage.plumbing.messages import note, warn
 from hlimage.report import BuildReport
 from hlimage.secureboot import sign
 from hlimage.xen.probe import probe_system_efi
+
+if TYPE_CHECKING:
+    # Only a name for annotations: cryptography has it from 40 on, Debian 12 ships 38.
+    from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 
 PASSWORD_ENV = "HLIMAGE_KEY_PASSWORD"
 

@@ -36,13 +36,14 @@ def available() -> None:
     """Skip (fail under CI=true) where no clean root can be made."""
     require(os.geteuid() == 0, "fresh-root needs root (debootstrap, mount, chroot)")
     require(shutil.which("chroot") is not None, "chroot missing (coreutils)")
+    require(shutil.which("cpio") is not None, "cpio missing (fresh-root copies with it)")
 
 
 def run(script: str, inputs: dict[str, Path], results: Path, *, timeout: float = 1800) -> Outcome:
     """Run tests/support/roots/SCRIPT in a clean root; `inputs` (name -> file) are /inputs."""
     available()
     buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w") as archive:
+    with tarfile.open(fileobj=buffer, mode="w", dereference=True) as archive:
         for name, path in inputs.items():
             archive.add(path.resolve(), arcname=name)
     script_path = (SCRIPTS / script).relative_to(ROOT)

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
+import cryptography
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -35,6 +36,8 @@ GRUB = Path("/usr/lib/grub/x86_64-efi/monolithic/grubx64.efi")
 SHIM_FALLBACK = Path("/usr/lib/shim/fbx64.efi")
 XEN = payloads.path("x86_64/xen.efi")
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+CRYPTOGRAPHY_MAJOR = int(cryptography.__version__.split(".")[0])
 
 
 def tool(name: str) -> str:
@@ -465,8 +468,9 @@ def test_der_round_trips(first: int, second: int, rest: list[int], value: int) -
     dotted = ".".join(map(str, [first, second, *rest]))
     encoded = der.oid(dotted)
     assert der.Element.parse(encoded).oid("x") == dotted
-    # cryptography (the oracle) takes OIDs of at most 63 content bytes (its asn1 crate's limit).
-    if len(encoded) - 2 <= 63:
+    # cryptography (the oracle) takes OIDs of at most 63 content bytes (its asn1 crate's limit);
+    # before 40 (Debian 12 has 38) its parser panics on some valid ones.
+    if len(encoded) - 2 <= 63 and CRYPTOGRAPHY_MAJOR >= 40:
         assert x509.ObjectIdentifier(dotted).dotted_string == dotted
     assert der.Element.parse(der.integer(value)).integer("x") == value
 

@@ -7,5 +7,5 @@ mkdir -p /inputs /results
 tar -x -C /inputs || exit 1
 status=0
 bash -euxo pipefail "$1" >&2 || status=$?
-tar -c -C /results .
+tar --sparse -c -C /results .
 exit "$status"
