@@ -262,6 +262,51 @@ def sign_command(
     note(f"wrote {output}: signed by {result.signer}, Authenticode sha256 {result.digest.hex()}")
 
 
+@cli.command("fit-key")
+@click.argument("dtb", type=click.Path(path_type=Path))
+@click.option(
+    "--cert",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="PEM certificate of the RSA key the FIT is signed with (build's --cert).",
+)
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="Where the device tree with the key goes (may be DTB itself); replaced whole, or left "
+    "as it was.",
+)
+@click.option(
+    "--key-name-hint",
+    "hint",
+    metavar="NAME",
+    help="The key's name in the FIT's signature (default: CERT's file name without its last "
+    "suffix, as build names it from --key: dev.crt and dev.key are both dev).",
+)
+def fit_key(dtb: Path, cert: Path, output: Path, hint: str | None) -> None:
+    """Put the public key of CERT into U-Boot's control device tree DTB, as
+    /signature/key-NAME with required = "conf": a U-Boot built with (or, under QEMU, given
+    with -dtb) the result boots only a FIT whose configuration that key signed (`build -f fit
+    --key`). What `mkimage -K DTB -r` adds, from the certificate alone."""
+    from hlimage.outputs import fit
+    from hlimage.plumbing.atomic import atomic_file
+    from hlimage.plumbing.messages import note, warn
+
+    added = fit.add_control_key(dtb, cert, hint)
+    with atomic_file(output) as out:
+        out.write(added.blob)
+    if added.replaced:
+        warn(f"{dtb}: its {added.node} is replaced by the key of {cert}")
+    for other in added.also_required:
+        warn(
+            f"{dtb}: /signature/{other} is required too: U-Boot boots only a FIT that both keys "
+            "signed (remove the node, or set its required to image, if that is not meant)"
+        )
+    note(f'wrote {output}: {added.node} ({added.algo}), required = "conf"')
+
+
 @cli.command("efi-config")
 @click.argument("config", type=click.Path(path_type=Path))
 @click.option(

@@ -56,6 +56,9 @@ class Media:
     disk_image: Path | None = None
     tftp_dir: Path | None = None
     bootfile: str | None = None
+    dtb: Path | None = None
+    """arm64: the device tree QEMU hands the firmware instead of the one it makes (-dtb).
+    U-Boot takes it as its control device tree, which holds its verified-boot keys."""
 
 
 def check_tools(arch: str, *, secure_boot: bool = False, uboot: bool = False) -> None:
@@ -87,6 +90,8 @@ def command(
     itself (so a TFTP root needs no boot file)."""
     if uboot and arch != ARM64:
         raise ValueError("U-Boot is the arm64 machine's firmware only")
+    if media.dtb is not None and arch != ARM64:
+        raise ValueError("a device tree is for the arm64 machine only")
     argv = machine_args(arch, secure_boot=secure_boot, memory=memory)
     if arch == X86_64:
         code = OVMF_CODE_SECURE if secure_boot else OVMF_CODE
@@ -96,6 +101,9 @@ def command(
         argv += ["-drive", f"if=pflash,format=raw,unit=1,file={vars_copy}"]
     else:
         argv += ["-bios", str(UBOOT if uboot else AAVMF)]
+        if media.dtb is not None:
+            # Under -bios QEMU puts this blob where it puts its own, at the start of RAM.
+            argv += ["-dtb", str(media.dtb)]
     if media.tftp_dir is not None:
         netdev = f"user,id=n0,tftp={media.tftp_dir}"
         if media.bootfile is not None:

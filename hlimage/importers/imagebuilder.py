@@ -161,8 +161,9 @@ NO_EQUIVALENT: dict[str, Missing] = {
         flag=True,
     ),
     "FIT_ENC_UB_DTB": Missing(
-        "hlimage does not edit U-Boot's control device tree",
-        "add the public key to it with U-Boot's own tools (mkimage -K) and drop the option",
+        "the imported build does not edit U-Boot's control device tree",
+        "drop the option and add the key to the tree with hlimage fit-key --cert DIR/HINT.crt "
+        "DTB -o DTB",
     ),
     "LINUX": _NO_LINUX,
     "LINUX_CMD": _NO_LINUX,

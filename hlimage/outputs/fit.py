@@ -181,6 +181,12 @@ def boot(
     return FitBoot(memory_plan, description, dict(zip(names, found, strict=True)))
 
 
+def key_name_hint(stem: str) -> str:
+    """The key-name-hint of the key in STEM.key, or of the certificate STEM.crt: the names
+    mkimage -k DIR gives its key files, so that one stem names the key both ways."""
+    return _UNSAFE.sub("_", stem) or "hlimage"
+
+
 def signer_of(signing: Any) -> fit.FitSigner | None:
     """The FIT signer of a --key (trust.SigningKey), named by the key file's stem."""
     if signing is None:
@@ -188,14 +194,127 @@ def signer_of(signing: Any) -> fit.FitSigner | None:
     from hlimage.secureboot import sign
 
     private = sign.load_private_key(signing.key_pem, signing.password)
-    hint = _UNSAFE.sub("_", signing.name) or "hlimage"
-    signer = fit.FitSigner(private, hint, __version__)
+    signer = fit.FitSigner(private, key_name_hint(signing.name), __version__)
     if signer.bits not in fit.RSA_BITS:
         raise HlimageError(
             f"--key: a {signer.bits}-bit RSA key; U-Boot verifies FIT signatures of "
             f"{', '.join(map(str, fit.RSA_BITS))}-bit keys only"
         )
     return signer
+
+
+# The key U-Boot verifies with, in its control device tree: what `mkimage -K u-boot.dtb -r` adds
+# when it signs, done from the certificate alone.
+
+CONTROL_TREE_LIMIT = 16 << 20
+"""Far above any U-Boot's control device tree (tens of KiB): a larger blob is something else,
+most likely a FIT, and is refused before it is read."""
+
+
+@dataclass(frozen=True)
+class ControlKey:
+    blob: bytes
+    """The control device tree with the key."""
+    node: str
+    """Its path: /signature/key-HINT."""
+    algo: str
+    replaced: bool
+    """The tree had another key of that name, which this one replaces."""
+    also_required: list[str]
+    """The tree's other keys with required = "conf": U-Boot wants every one of them to have
+    signed a FIT's configuration (its default required-mode, "all")."""
+
+
+def _public_key_of(cert: Path) -> Any:
+    from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa
+
+    from hlimage.secureboot import sign
+
+    try:
+        pem = cert.read_bytes()
+    except OSError as error:
+        raise HlimageError(f"--cert {cert}: cannot read it: {error.strerror}") from None
+    # The first certificate is the key's, as in `hlimage sign` (any chain follows it).
+    public = sign.load_certificates(pem, f"--cert {cert}")[0].public_key()
+    if not isinstance(public, rsa.RSAPublicKey):
+        kinds = [(ec.EllipticCurvePublicKey, "an EC"), (ed25519.Ed25519PublicKey, "an Ed25519"),
+                 (ed448.Ed448PublicKey, "an Ed448"), (dsa.DSAPublicKey, "a DSA")]  # fmt: skip
+        kind = next((name for cls, name in kinds if isinstance(public, cls)), "a non-RSA")
+        raise HlimageError(
+            f"--cert {cert}: {kind} key; U-Boot verifies FIT signatures of RSA keys only: give "
+            "the certificate of the RSA key the FIT is signed with"
+        )
+    if public.key_size not in fit.RSA_BITS:
+        raise HlimageError(
+            f"--cert {cert}: a {public.key_size}-bit RSA key; U-Boot verifies FIT signatures "
+            f"of {', '.join(map(str, fit.RSA_BITS))}-bit keys only"
+        )
+    return public
+
+
+def _control_tree(dtb: Path) -> fdt.DeviceTree:
+    control = "give U-Boot's control device tree (u-boot.dtb; for QEMU, -machine dumpdtb=FILE)"
+    try:
+        with dtb.open("rb") as stream:
+            head = stream.read(fdt.HEADER_SIZE_V16)
+            magic = int.from_bytes(head[:4], "big")
+            totalsize = int.from_bytes(head[4:8], "big")
+            if len(head) < fdt.HEADER_SIZE_V16 or magic != fdt.FDT_MAGIC:
+                raise HlimageError(f"not a device tree (no 0xd00dfeed magic); {control}", where=dtb)
+            if totalsize > CONTROL_TREE_LIMIT:
+                raise HlimageError(
+                    f"a device tree of {totalsize} bytes, far larger than a U-Boot control "
+                    f"device tree (a FIT image?); {control}",
+                    where=dtb,
+                )
+            data = head + stream.read(totalsize - len(head))
+    except OSError as error:
+        raise HlimageError(f"cannot read it: {error.strerror}", where=dtb) from None
+    try:
+        tree = fdt.parse(data)
+    except FormatError as error:
+        raise HlimageError(f"{error}; {control}", where=dtb) from None
+    if tree.node("/images") is not None:
+        raise HlimageError(
+            "a FIT image (it has /images), not U-Boot's control device tree: the key goes into "
+            f"the tree U-Boot verifies with, the signature is in the FIT already; {control}",
+            where=dtb,
+        )
+    return tree
+
+
+def add_control_key(dtb: Path, cert: Path, hint: str | None = None) -> ControlKey:
+    """U-Boot's control device tree `dtb` with the public key of `cert` as
+    /signature/key-HINT, required = "conf": a U-Boot built with that tree boots only a FIT
+    whose configuration the key signed. HINT is the FIT signature's key-name-hint, by default
+    from the certificate's file name as `build --key` takes it from the key's (dev.crt and
+    dev.key: dev). The rest of the tree is kept, other keys included."""
+    public = _public_key_of(cert)
+    name = key_name_hint(cert.stem) if hint is None else hint
+    try:
+        node = fit.public_key_node(public, name)
+    except FormatError:
+        raise HlimageError(
+            f"--key-name-hint {name!r}: use printable ASCII without '/' or '@' (the name the "
+            "FIT's signature gives its key)"
+        ) from None
+    tree = _control_tree(dtb)
+    parent = tree.node("/signature")
+    existing = parent.child(node.name) if parent is not None else None
+    material = ("rsa,modulus", "rsa,exponent")
+    replaced = existing is not None and any(existing.get(k) != node.get(k) for k in material)
+    also_required = []
+    if parent is not None:
+        for child in parent.children:
+            # U-Boot reads the value as a C string (strcmp with "conf").
+            required = (child.get("required") or b"").split(b"\0")[0]
+            if child.name != node.name and required == b"conf":
+                also_required.append(child.name)
+    fit.add_public_key(tree, public, name)
+    return ControlKey(
+        tree.build(), f"/signature/{node.name}", f"{fit.HASH_ALGO},rsa{public.key_size}",
+        replaced, also_required,
+    )  # fmt: skip
 
 
 def plan(system: System) -> list[str]:

@@ -112,6 +112,44 @@ def _signed_xen(scratch: Path) -> Path:
 
 
 @functools.cache
+def _certificate_of(kind: str) -> bytes:
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+    from cryptography.x509.oid import NameOID
+
+    key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
+    if kind == "ec":
+        key = ec.generate_private_key(ec.SECP256R1())
+    else:
+        key = rsa.generate_private_key(65537, int(kind.removeprefix("rsa")))
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"hlimage {kind} test")])
+    start = datetime.datetime(2024, 1, 1, tzinfo=datetime.UTC)
+    certificate = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name)
+        .public_key(key.public_key()).serial_number(1)
+        .not_valid_before(start).not_valid_after(start + datetime.timedelta(days=3650))
+        .sign(key, hashes.SHA256())
+    )  # fmt: skip
+    return certificate.public_bytes(serialization.Encoding.PEM)
+
+
+@functools.cache
+def _small_fit() -> bytes:
+    import io
+
+    from hlimage.formats import fit
+
+    script = fit.FitImage("script", "script", b"bootm ${scriptaddr}\n")
+    conf = fit.FitConfiguration("conf-1", kernel="script")
+    out = io.BytesIO()
+    fit.write(fit.Fit("a FIT", 0, [script], [conf], default_image="script"), out)
+    return out.getvalue()
+
+
+@functools.cache
 def _unified(scratch: Path) -> Path:
     """A unified image, to stand for a xen.efi that already has payload sections."""
     from hlimage import build, config
@@ -288,6 +326,10 @@ def make(directory: Path, scratch: Path, name: str, recipe: str) -> None:
             path.write_bytes(key_and_certificate()[0])
         case "cert":  # its self-signed certificate
             path.write_bytes(key_and_certificate()[1])
+        case "cert-of":  # ec or rsaBITS: a self-signed certificate of a key of that kind
+            path.write_bytes(_certificate_of(argument))
+        case "fit":  # a small FIT: a script image and a configuration
+            path.write_bytes(_small_fit())
         case "signed-xen":  # Debian's x86 xen.efi, signed
             path.symlink_to(_signed_xen(scratch))
         case "unified":  # a unified image: a xen.efi with payload sections already
