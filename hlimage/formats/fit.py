@@ -24,15 +24,17 @@ import hashlib
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
-
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from typing import TYPE_CHECKING, BinaryIO
 
 from hlimage.errors import FormatError, HlimageError
 from hlimage.formats import fdt
 from hlimage.formats.fdt import DeviceTree, Node
 from hlimage.formats.payload import BytesPayload, Digest, Payload, Region
+
+if TYPE_CHECKING:
+    # cryptography is imported where a signature is made: an unsigned FIT (most) never pays
+    # its 30-100 ms import.
+    from cryptography.hazmat.primitives.asymmetric import rsa
 
 HASH_ALGO = "sha256"
 HASH_NODE = "hash-1"
@@ -483,6 +485,9 @@ def _signature(
         _blob_bytes(layout, filled, offset, length)
         for offset, length in signed_regions(layout, hashed_nodes)
     )
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import padding
+
     return signer.private_key.sign(message, padding.PKCS1v15(), hashes.SHA256())
 
 
