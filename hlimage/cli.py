@@ -150,6 +150,13 @@ def cli(quiet: bool) -> None:
     help="esp, disk: start Xen through this shim (shimx64.efi) for Secure Boot: shim as "
     "BOOTX64.EFI, Xen as grubx64.efi, with the .sbat shim requires ([xen] sbat).",
 )
+@click.option(
+    "--unified",
+    is_flag=True,
+    help="esp, disk: Xen is the unified image alone (xen.cfg, dom0's kernel and initrd "
+    "inside, under its one signature with --key), as BOOTX64.EFI, or as grubx64.efi under "
+    "--shim.",
+)
 def build(
     config: Path,
     output_format: str,
@@ -164,6 +171,7 @@ def build(
     grub_lib: Path | None,
     loader: str | None,
     shim: Path | None,
+    unified: bool,
 ) -> None:
     """Build boot media from the description CONFIG in the format FORMAT (listed below).
 
@@ -190,7 +198,7 @@ def build(
         raise HlimageError(f"--shim {shim}: not a file; give shim's EFI binary (shimx64.efi)")
     options = BuildOptions(
         replace=replace, size=size_bytes, prefix=prefix, grub_lib=grub_lib, loader=loader,
-        shim=shim,
+        shim=shim, unified=unified,
     )  # fmt: skip
     report = build_module.build(
         system, output_format, output, options, signing=signing, manifest=not no_manifest

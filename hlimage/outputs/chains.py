@@ -10,6 +10,9 @@
   grub*.cfg and the files. Xen gets the `.sbat` shim requires and a `.reloc` shim maps
   (xen/chainload.py). shim's fallback (fb*.efi) is left out: beside it, shim would run it to
   write boot entries instead of starting Xen.
+- `--unified`: Xen is the unified image, alone: EFI/BOOT/BOOT*.EFI, or grub*.efi under
+  `--shim`. One signature then covers xen.cfg, dom0's kernel and its initrd, which the plain
+  layout leaves unsigned beside Xen.
 
 loader/loader.conf boots the entry at once (`timeout 0`; a key held at start shows the menu).
 With --key each EFI binary the chain starts that carries no signature is signed (a shim that
@@ -21,6 +24,7 @@ a signed image.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -202,17 +206,48 @@ def _prepared_xen(system: System, scratch: Path, *, shim: bool = False) -> Path:
     return target
 
 
-def _shim_files(system: System, shim: Path, sign: _Signer, scratch: Path) -> list[PlannedFile]:
+def _unified_image(system: System, sign: _Signer, scratch: Path, *, shim: bool) -> Path:
+    """The unified image for --unified, signed where --key is given. Under shim it needs the
+    `.sbat` shim requires, and dom0's kernel in it signed: Xen before 4.21 asks shim to
+    verify even a kernel from its own `.kernel` section (xen-boot-formats.md §4)."""
+    if shim:
+        chainload.sbat_section(system, probe_system_efi(system), why="with --shim --unified")
+        dom0 = system.hardware_domain
+        if dom0 is not None:
+            kernel = _signed_kernel(dom0.kernel, sign)
+            if kernel != dom0.kernel:
+                domains = tuple(
+                    dataclasses.replace(d, kernel=kernel) if d is dom0 else d
+                    for d in system.domains
+                )
+                system = dataclasses.replace(system, domains=domains)
+    image = scratch / "unified.efi"
+    unified.build(system, image, digests=False)
+    return sign(image, "the unified image")
+
+
+def _unified_files(system: System, sign: _Signer, scratch: Path) -> list[PlannedFile]:
+    image = _unified_image(system, sign, scratch, shim=False)
+    return [_boot_file(system, image)]
+
+
+def _shim_files(
+    system: System, shim: Path, sign: _Signer, scratch: Path, *, with_unified: bool = False
+) -> list[PlannedFile]:
     suffix = EFI_ARCH[system.arch]
     _pe_arch(shim, "--shim", system)
     xen_name = f"grub{suffix}.efi"
-    files = esp.files(system, directory=esp.BOOT_DIR, xen_name=xen_name)
-    xen = _prepared_xen(system, scratch, shim=True)
-    files[0] = PlannedFile(files[0].name, Region(sign(xen, "Xen")), Role.XEN)
-    dom0 = system.hardware_domain
-    for index, item in enumerate(files):
-        if item.role is Role.KERNEL and item.domain is dom0 and dom0 is not None:
-            files[index] = _dom0_kernel(item, sign)
+    if with_unified:
+        image = _unified_image(system, sign, scratch, shim=True)
+        files = [PlannedFile(f"{esp.BOOT_DIR}/{xen_name}", Region(image), Role.XEN)]
+    else:
+        files = esp.files(system, directory=esp.BOOT_DIR, xen_name=xen_name)
+        xen = _prepared_xen(system, scratch, shim=True)
+        files[0] = PlannedFile(files[0].name, Region(sign(xen, "Xen")), Role.XEN)
+        dom0 = system.hardware_domain
+        for index, item in enumerate(files):
+            if item.role is Role.KERNEL and item.domain is dom0 and dom0 is not None:
+                files[index] = _dom0_kernel(item, sign)
     chain = [_boot_file(system, sign(shim, "shim"))]
     manager = shim.parent / f"mm{suffix}.efi"
     if manager.is_file():
@@ -226,19 +261,27 @@ def _dom0_kernel(item: PlannedFile, sign: _Signer) -> PlannedFile:
     source = item.source
     if source is None:
         return item
+    signed = _signed_kernel(source, sign)
+    if signed == source:
+        return item
+    return PlannedFile(item.name, Region(signed), item.role, item.domain, item.cmdline)
+
+
+def _signed_kernel(source: Path, sign: _Signer) -> Path:
+    """dom0's kernel as shim will verify it: signed with --key where it carries no
+    signature; as it is (with a warning) where it cannot be."""
     try:
         with source.open("rb") as stream:
             image = pe.parse(stream)
     except (FormatError, OSError):
         warn(f"{source}: not a PE image, so not signable; under Secure Boot shim refuses it")
-        return item
+        return source
     if image.signature is None and sign.key is None:
         warn(
             f"{source}: dom0's kernel is not signed; under Secure Boot Xen asks shim to verify "
             "it and stops: sign it, or give --key"
         )
-    signed = sign(source, "dom0's kernel")
-    return PlannedFile(item.name, Region(signed), item.role, item.domain, item.cmdline)
+    return sign(source, "dom0's kernel")
 
 
 @contextlib.contextmanager
@@ -251,7 +294,9 @@ def files(
     with scratch_directory(output) as scratch:
         sign = _Signer(options.signing, scratch)
         if options.shim is not None:
-            yield _shim_files(system, options.shim, sign, scratch)
+            yield _shim_files(system, options.shim, sign, scratch, with_unified=options.unified)
+        elif options.unified:
+            yield _unified_files(system, sign, scratch)
         elif options.loader == "systemd-boot-uki":
             yield _type2_files(system, sign, scratch)
         elif options.loader == "systemd-boot":

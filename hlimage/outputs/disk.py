@@ -165,7 +165,7 @@ def build(
     """The disk image; `loader` "uboot" or "fit" fills its partition for U-Boot instead of
     UEFI: U-Boot's default boot scans partition 1 for /boot.scr.uimg and /boot.scr
     (docs/uboot.md), and the ESP type is one it scans. `options` may name a UEFI chain
-    (--loader systemd-boot, --shim): outputs/chains.py lays it out."""
+    (--loader systemd-boot*, --shim, --unified): outputs/chains.py lays it out."""
     report = BuildReport("disk", output)
     if loader == "fit":
         from hlimage.formats.fit import FitPayload
@@ -189,9 +189,7 @@ def build(
         with uboot.planned_files(system, output) as planned_tree:
             files = planned_tree.files
             return _reported(report, files, _write_files(files, output, size))
-    if options is not None and (
-        options.loader in registry.SYSTEMD_BOOT_LOADERS or options.shim is not None
-    ):
+    if options is not None and registry.is_chain(options):
         from hlimage.outputs import chains
 
         with chains.files(system, options, output) as chain:
@@ -235,7 +233,7 @@ registry.register(
         plan=esp.plan,
         build=_build,
         example="xen-disk.img",
-        options=frozenset({"size", "loader", "shim"}),
+        options=frozenset({"size", "loader", "shim", "unified"}),
         loaders=registry.UBOOT_LOADERS | registry.SYSTEMD_BOOT_LOADERS,
         signing=registry.Signing.LOADER,
         pe_images=registry.PeImages.DISK,

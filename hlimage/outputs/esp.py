@@ -135,9 +135,10 @@ def build(
     digests: bool = True,
     options: registry.BuildOptions | None = None,
 ) -> BuildReport:
-    """`options` may name a chain (--loader, --shim): outputs/chains.py lays it out."""
+    """`options` may name a chain (--loader systemd-boot*, --shim, --unified):
+    outputs/chains.py lays it out."""
     report = BuildReport("esp", output)
-    if options is not None and (options.loader or options.shim):
+    if options is not None and registry.is_chain(options):
         from hlimage.outputs import chains
 
         with chains.files(system, options, output) as chain, atomic_directory(output) as temporary:
@@ -171,7 +172,7 @@ registry.register(
         plan=plan,
         build=_build,
         example="xen-esp",
-        options=frozenset({"loader", "shim"}),
+        options=frozenset({"loader", "shim", "unified"}),
         loaders=registry.SYSTEMD_BOOT_LOADERS | {"uefi"},
         signing=registry.Signing.LOADER,
         pe_images=registry.PeImages.TREE,

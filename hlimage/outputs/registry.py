@@ -37,6 +37,9 @@ class BuildOptions:
     """What starts Xen: None (the firmware itself), or a key of LOADERS."""
     shim: Path | None = None
     """shim's EFI binary: the ESP starts Xen through it (a Secure Boot chain)."""
+    unified: bool = False
+    """The ESP's Xen is the unified image (xen.cfg, dom0's kernel and initrd inside it, all
+    under its one signature), started by the firmware or by --shim."""
     digests: bool = True
     """Whether the build computes the digests the manifest prints (not under --no-manifest):
     not an option a user gives, so not in OPTIONS."""
@@ -63,6 +66,7 @@ OPTIONS = {
     "grub_lib": Option("--grub-lib", "makes a GRUB image"),
     "loader": Option("--loader", "chooses what starts Xen"),
     "shim": Option("--shim", "lays out a shim chain"),
+    "unified": Option("--unified", "puts the unified image on its ESP", False),
 }
 
 
@@ -233,8 +237,15 @@ def refuse_arch(output: OutputFormat, system: System) -> None:
     )
 
 
+def is_chain(options: BuildOptions) -> bool:
+    """Whether the ESP's files are laid out by outputs/chains.py: something other than the
+    firmware starts Xen (shim, systemd-boot), or Xen is the unified image."""
+    return options.shim is not None or options.loader in SYSTEMD_BOOT_LOADERS or options.unified
+
+
 def refuse_loader(output: OutputFormat, options: BuildOptions) -> None:
-    """A --loader value the format does not take, and --shim beside --loader."""
+    """A --loader value the format does not take, --shim beside --loader, and --unified
+    beside a loader that starts something else."""
     if options.loader is not None and options.loader not in output.loaders:
         takers = [f.name for f in formats() if options.loader in f.loaders]
         if options.loader not in LOADERS:
@@ -249,14 +260,21 @@ def refuse_loader(output: OutputFormat, options: BuildOptions) -> None:
             f"--shim: starts Xen itself, so it cannot go with --loader {options.loader}; drop "
             "one of them"
         )
+    if options.unified and options.loader not in (None, "uefi"):
+        instead = (
+            "--loader systemd-boot-uki puts the unified image in EFI/Linux/"
+            if options.loader in SYSTEMD_BOOT_LOADERS
+            else f"--loader {options.loader} boots Xen from U-Boot's files, not from a PE image"
+        )
+        raise HlimageError(f"--unified: cannot go with --loader {options.loader} ({instead}); "
+                           "drop one of them")  # fmt: skip
 
 
 def with_options(output: OutputFormat, options: BuildOptions) -> OutputFormat:
     """The format's record as these options make it: a boot chain (shim, systemd-boot) signs
     its own files; U-Boot's loaders change how --key signs (a FIT signs itself, a script
     cannot be signed)."""
-    chain = options.shim is not None or options.loader in SYSTEMD_BOOT_LOADERS
-    if chain and output.signing is Signing.LOADER:
+    if is_chain(options) and output.signing is Signing.LOADER:
         return dataclasses.replace(output, signing=Signing.SELF)
     if options.loader is None or options.loader not in output.loaders:
         return output

@@ -185,3 +185,57 @@ def test_shim_without_key_warns_about_the_kernel(shim: Path, tmp_path: Path) -> 
     stderr = build(shim_description(tmp_path), tmp_path / "esp", "--shim", shim)
     assert "dom0's kernel is not signed" in stderr
     assert (tmp_path / "esp/EFI/BOOT/BOOTX64.EFI").read_bytes() == shim.read_bytes()
+
+
+@pytest.mark.parametrize("fmt", ["esp", "disk"])
+def test_loader_uefi_is_the_default_layout(tmp_path: Path, fmt: str) -> None:
+    """--loader uefi names what the format does anyway: the same bytes, not a chain."""
+    description = descriptions.x86_classic(tmp_path)
+    plain, uefi = tmp_path / "plain", tmp_path / "uefi"
+    build(description, plain, fmt=fmt)
+    build(description, uefi, "--loader", "uefi", fmt=fmt)
+    if fmt == "esp":
+        assert tree(uefi) == tree(plain)
+    else:
+        assert uefi.read_bytes() == plain.read_bytes()
+
+
+def test_unified_esp_holds_the_unified_image_alone(tmp_path: Path) -> None:
+    """--unified: BOOTX64.EFI is, byte for byte, what --format unified writes."""
+    description = descriptions.x86_classic(tmp_path)
+    build(description, tmp_path / "xen.efi", fmt="unified")
+    build(description, tmp_path / "esp", "--unified")
+    assert tree(tmp_path / "esp") == {"EFI/BOOT/BOOTX64.EFI": (tmp_path / "xen.efi").read_bytes()}
+    build(description, tmp_path / "disk.img", "--unified", fmt="disk")
+    with (tmp_path / "disk.img").open("rb") as stream:
+        _, partitions = gpt.parse(stream)
+        offset = partitions[0].offset
+        assert [entry.path.lstrip("/") for entry in fat.list_files(stream, offset)] == [
+            "EFI/BOOT/BOOTX64.EFI"
+        ]
+        image = b"".join(fat.read_file(stream, offset, "EFI/BOOT/BOOTX64.EFI"))
+        assert image == (tmp_path / "xen.efi").read_bytes()
+    manifest = json.loads((tmp_path / "disk.img.manifest.json").read_text())
+    assert [image["path"] for image in manifest["pe_images"]] == ["EFI/BOOT/BOOTX64.EFI"]
+
+
+def test_shim_with_the_unified_image_signed(shim: Path, tmp_path: Path) -> None:
+    """--shim --unified: shim, and the unified image as grubx64.efi, signed as a whole; the
+    kernel inside it signed too, for a Xen before 4.21 that has shim verify it."""
+    description = shim_description(tmp_path)
+    esp = tmp_path / "esp"
+    stderr = build(description, esp, "--shim", shim, "--unified", *sign_options(tmp_path))
+    files = tree(esp)
+    assert sorted(files) == ["EFI/BOOT/BOOTX64.EFI", "EFI/BOOT/grubx64.efi", "EFI/BOOT/mmx64.efi"]
+    assert "dom0's kernel is not signed" not in stderr
+    xen = esp / "EFI/BOOT/grubx64.efi"
+    for name in ("BOOTX64.EFI", "grubx64.efi"):
+        sbverify(esp / "EFI/BOOT" / name, tmp_path / "cert.pem")
+    kernel = tmp_path / "kernel.efi"
+    kernel.write_bytes(section_bytes(xen, ".kernel"))
+    sbverify(kernel, tmp_path / "cert.pem")
+    assert {".config", ".kernel", ".ramdisk", ".sbat"} <= set(sections(xen))
+    assert section_bytes(xen, ".sbat") == SBAT.encode()
+    assert not sections(xen)[".reloc"].characteristics & DISCARDABLE
+    build(description, tmp_path / "again", "--shim", shim, "--unified", *sign_options(tmp_path))
+    assert tree(tmp_path / "again") == files
