@@ -2,10 +2,10 @@
 (stdin is closed), U-Boot's default boot finding hlimage's boot.scr(.uimg) by itself on the
 disk or over QEMU's TFTP, every domain's marker (docs/uboot.md).
 
-Eleven boots and one short U-Boot run: each layout once per Xen release where it differs by
+Thirteen boots and one short U-Boot run: each layout once per Xen release where it differs by
 release (the domains' node order in /chosen, the dom0less path), the two routes of the one
-script (disk and TFTP) shared out between the tests, and U-Boot's own UEFI (bootefi) starting
-the UEFI disk image once.
+script (disk and TFTP) shared out between the tests, U-Boot's own UEFI (bootefi) starting
+the UEFI disk image once, and an imported ImageBuilder config by both routes.
 """
 
 from __future__ import annotations
@@ -165,13 +165,14 @@ def test_uefi_disk_under_uboot_bootefi(
     assert loaded_domus(text) == [(1, 192 * 1024), (2, 256 * 1024)]
 
 
+@pytest.mark.parametrize("load_cmd", ["load virtio 0:1", "tftpb"])
 def test_an_imported_imagebuilder_config_boots(
-    qemu_uboot: str, cache: Path, tmp_path: Path, boot_log: Path
+    qemu_uboot: str, cache: Path, tmp_path: Path, boot_log: Path, load_cmd: str
 ) -> None:
     """The ImageBuilder user's path, end to end and without root: their config imported, the
     build command the importer prints run as printed, and the tree booted by U-Boot's
-    default boot from a FAT disk (QEMU's vvfat), dom0 and the domU each printing its marker
-    and its command line."""
+    default boot from a FAT disk (QEMU's vvfat) or over QEMU's TFTP, as the config's LOAD_CMD
+    says, dom0 and the domU each printing its marker and its command line."""
     from tests.support import payloads
 
     source = tmp_path / "imagebuilder"
@@ -188,7 +189,7 @@ def test_an_imported_imagebuilder_config_boots(
         'XEN_CMD="console=dtuart dom0_mem=512M loglvl=all guest_loglvl=all"\n'
         'DOM0_KERNEL=Image\nDOM0_RAMDISK=dom0.cpio.gz\nDOM0_CMD="console=hvc0"\n'
         "NUM_DOMUS=1\nDOMU_KERNEL[0]=Image\nDOMU_RAMDISK[0]=domU0.cpio.gz\nDOMU_MEM[0]=192\n"
-        'DOMU_VCPUS[0]=1\nDOMU_CMD[0]="console=ttyAMA0"\nLOAD_CMD="load virtio 0:1"\n'
+        f'DOMU_VCPUS[0]=1\nDOMU_CMD[0]="console=ttyAMA0"\nLOAD_CMD="{load_cmd}"\n'
         "UBOOT_SOURCE=boot.source\nUBOOT_SCRIPT=boot.scr\n"
     )
     description = tmp_path / "out" / "hlimage.toml"
@@ -200,7 +201,13 @@ def test_an_imported_imagebuilder_config_boots(
     built = run_cli(*command[1:])
     assert built.code == 0, built.stderr
     tree = Path(command[command.index("-o") + 1])
-    outcome = uboot_boot(qemu.Media(esp_dir=tree), ["dom0", "domU0"], boot_log,
-                         found="Found U-Boot script /boot.scr.uimg", over_tftp=False,
+    over_tftp = load_cmd == "tftpb"
+    if over_tftp:
+        media = qemu.Media(tftp_dir=tree)
+        found = "Filename 'boot.scr.uimg'"
+    else:
+        media = qemu.Media(esp_dir=tree)
+        found = "Found U-Boot script /boot.scr.uimg"
+    outcome = uboot_boot(media, ["dom0", "domU0"], boot_log, found=found, over_tftp=over_tftp,
                          cmdlines=descriptions.cmdlines(description))  # fmt: skip
     assert loaded_domus(outcome.output) == [(1, 192 * 1024)]
