@@ -24,6 +24,7 @@ OPTION_ARGS = {
     "grub_lib": ["--grub-lib", "/usr/lib/grub/x86_64-efi"],
     "loader": ["--loader", "uboot"],
     "shim": ["--shim", "/usr/lib/shim/shimx64.efi"],
+    "unified": ["--unified"],
 }
 
 
