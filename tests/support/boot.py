@@ -65,7 +65,8 @@ class BootResult:
 
     def seen_cmdlines(self) -> dict[str, list[str]]:
         """Each domain's /proc/cmdline, every copy it printed (the marker initramfs prints
-        it twice on each console, since Xen's console lines can cut into a domU's)."""
+        it on each console it has, /dev/console and hvc0 at least, and Xen's console lines
+        can cut into one of a domU's)."""
         found: dict[str, list[str]] = {}
         for match in CMDLINE_LINE.finditer(self.output):
             found.setdefault(match.group(1), []).append(match.group(2))

@@ -245,12 +245,7 @@ $B mount -t sysfs sys /sys
 $B mount -t devtmpfs dev /dev
 CMDLINE="$($B cat /proc/cmdline)"
 for t in /dev/console /dev/hvc0 /dev/ttyAMA0 /dev/ttyS0; do
-  [ -c $t ] || continue
-  # Twice: Xen's own console lines can cut into a domU's (one copy came back as
-  # "conso(XEN) le=ttyAMA0"); the boot helper takes any copy that is whole.
-  echo "{cmdline_prefix}[$CMDLINE]" > $t
-  echo "{cmdline_prefix}[$CMDLINE]" > $t
-  echo "{marker}" > $t
+  [ -c $t ] && echo "{cmdline_prefix}[$CMDLINE]" > $t && echo "{marker}" > $t
 done
 $B sleep {linger}
 echo o > /proc/sysrq-trigger
